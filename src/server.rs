@@ -161,3 +161,38 @@ fn join(addrs: &[SocketAddr]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn several_addresses_share_the_port_picked_for_the_first() {
+        let resolved: Vec<SocketAddr> =
+            vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+
+        let listeners = bind_all(&resolved).await.unwrap();
+
+        let addrs = listeners.local_addrs();
+        assert_eq!(addrs[0].ip(), resolved[0].ip());
+        assert_ne!(addrs[0].port(), 0);
+        // ::1 is skipped, not an error, on machines without IPv6; where it exists it must be
+        // served on the same port as 127.0.0.1.
+        assert!(addrs.iter().all(|addr| addr.port() == addrs[0].port()));
+        assert!(addrs.len() == 2 || !has_ipv6_loopback());
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_not_skipped() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let resolved = vec![taken.local_addr().unwrap(), "[::1]:0".parse().unwrap()];
+
+        let error = bind_all(&resolved).await.unwrap_err();
+
+        assert!(matches!(error, BindError::Listen { addr, .. } if addr == resolved[0]));
+    }
+
+    fn has_ipv6_loopback() -> bool {
+        std::net::TcpListener::bind("[::1]:0").is_ok()
+    }
+}

@@ -47,7 +47,8 @@ mod tests {
         assert_eq!(upper("straße"), "STRASSE");
         assert_eq!(upper("ﬁnance"), "FINANCE");
         assert_eq!(upper("ŉ"), "\u{2BC}N");
-        assert_eq!(upper("ΐ"), "Ϊ́");
+        assert_eq!(upper("ΐ"), "\u{399}\u{308}\u{301}");
+        assert_eq!(upper("և"), "ԵՒ");
     }
 
     #[test]

@@ -1,0 +1,154 @@
+//! Starting servers for tests: in this process through the library, or as the built binary.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use formatdata::pb::format_data_client::FormatDataClient;
+use formatdata::server::{self, Listeners};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// How long a started process gets to say it is ready before the test gives up on it.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server running inside the test process, on 127.0.0.1 and a port the OS picked.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let listeners = Listeners::bind(&"127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("bind a free loopback port");
+    let addr = listeners.local_addrs()[0];
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server::run(listeners, async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        stop,
+        serving,
+    }
+}
+
+impl TestApp {
+    /// A new connection through the generated client, as any tonic user would make it.
+    pub async fn client(&self) -> FormatDataClient<Channel> {
+        FormatDataClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish, returning its result.
+    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+        self.stop.send(()).expect("server still running");
+        tokio::time::timeout(Duration::from_secs(10), self.serving)
+            .await
+            .expect("server stops within 10 s")
+            .expect("server task did not panic")
+    }
+}
+
+/// The `server` binary, started as a user would, killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    /// Every address from its "serving ... on" log line.
+    pub addrs: Vec<SocketAddr>,
+}
+
+impl ServerProcess {
+    /// Starts `server` with `args` and waits for the log line that names its addresses.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Self::start`], with extra environment variables (none inherited: `FORMATDATA_*`
+    /// and `RUST_LOG` from the test's own environment would change what is tested).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_server"))
+            .args(args)
+            .env_remove("FORMATDATA_ADDR")
+            .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the server binary");
+        // Owned by `Self` from here on, so a failed start still kills it.
+        let mut server = Self {
+            child,
+            addrs: Vec::new(),
+        };
+        let log = forward_lines(server.child.stderr.take().unwrap());
+        while server.addrs.is_empty() {
+            let line = log
+                .recv_timeout(STARTUP_TIMEOUT)
+                .expect("server logs its addresses at startup");
+            if let Some((_, addrs)) = line.split_once("serving example.FormatData on ") {
+                server.addrs = addrs
+                    .split(", ")
+                    .map(|addr| addr.parse().unwrap())
+                    .collect();
+            }
+        }
+        server
+    }
+
+    /// `host:port` of the first address served, in the form the binaries take.
+    pub fn addr(&self) -> String {
+        self.addrs[0].to_string()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `stream` on a thread and hands over each line. It keeps reading after the receiver is
+/// gone, so the pipe never fills up and blocks the process writing to it.
+pub fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    receiver
+}
+
+/// Runs the `client` binary to completion.
+pub fn run_client(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(args)
+        .env_remove("FORMATDATA_ADDR")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the client binary")
+}
+
+/// A port on 127.0.0.1 with nothing listening: bound once by the OS, then released.
+pub fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

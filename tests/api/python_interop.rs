@@ -1,0 +1,155 @@
+//! Interop with the Python original: grpcio client and server written from the tutorial
+//! (`tests/python/`), talking to our binaries in both directions.
+//!
+//! The Python stubs are generated at test time with grpcio-tools into a temporary folder, from the
+//! same `proto/` the Rust build uses. Python is found through `FORMATDATA_PYTHON`, else
+//! `.venv/bin/python` in the crate (what `.ci/run` and the README set up), else `python3`.
+//! Without any Python the tests skip, saying so; a Python without grpcio fails them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::helpers::{ServerProcess, forward_lines, run_client, stderr, stdout};
+
+const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A Python with grpcio, and the stubs for `proto/data.proto` generated for it.
+struct Python {
+    interpreter: PathBuf,
+    stubs: TempDir,
+}
+
+impl Python {
+    /// `None` (after saying why) when this machine has no Python at all.
+    fn find() -> Option<Self> {
+        let interpreter = candidates().into_iter().find(|python| {
+            Command::new(python)
+                .arg("--version")
+                .output()
+                .is_ok_and(|output| output.status.success())
+        });
+        let Some(interpreter) = interpreter else {
+            eprintln!(
+                "SKIPPED: no Python found (set FORMATDATA_PYTHON, or create .venv as the README \
+                 says); the grpcio interop tests did not run"
+            );
+            return None;
+        };
+
+        let stubs = TempDir::new().unwrap();
+        let generated = Command::new(&interpreter)
+            .args(["-m", "grpc_tools.protoc", "-I"])
+            .arg(Path::new(CRATE_DIR).join("proto"))
+            .arg("--python_out")
+            .arg(stubs.path())
+            .arg("--grpc_python_out")
+            .arg(stubs.path())
+            .arg("data.proto")
+            .output()
+            .unwrap();
+        assert!(
+            generated.status.success(),
+            "{} cannot generate the grpcio stubs; install the test requirements with \
+             `{0} -m pip install -r tests/python/requirements.txt`:\n{}",
+            interpreter.display(),
+            stderr(&generated)
+        );
+        Some(Self { interpreter, stubs })
+    }
+
+    /// A command running `tests/python/<script>` with the generated stubs importable.
+    fn script(&self, script: &str) -> Command {
+        let mut command = Command::new(&self.interpreter);
+        command
+            .arg(Path::new(CRATE_DIR).join("tests/python").join(script))
+            .env("PYTHONPATH", self.stubs.path())
+            // grpcio must not wander off to a proxy for loopback addresses.
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("grpc_proxy");
+        command
+    }
+
+    fn run(&self, script: &str, args: &[&str]) -> Output {
+        self.script(script).args(args).output().unwrap()
+    }
+}
+
+fn candidates() -> Vec<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(python) = std::env::var_os("FORMATDATA_PYTHON") {
+        candidates.push(PathBuf::from(python));
+    }
+    candidates.push(Path::new(CRATE_DIR).join(".venv/bin/python"));
+    candidates.push(PathBuf::from("python3"));
+    candidates
+}
+
+#[test]
+fn python_tutorial_client_talks_to_our_server() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let output = python.run("tutorial_client.py", &[&server.addr()]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "received: HELLO,WORLD!\n");
+}
+
+#[test]
+fn our_client_talks_to_the_python_tutorial_server() {
+    let Some(python) = Python::find() else { return };
+    let mut server = python
+        .script("tutorial_server.py")
+        .arg("127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = forward_lines(server.stdout.take().unwrap())
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the Python server prints its port");
+    let port = ready.strip_prefix("listening on port ").unwrap();
+
+    let output = run_client(&["--addr", &format!("127.0.0.1:{port}")]);
+    let unicode = run_client(&["--addr", &format!("127.0.0.1:{port}"), "straße", "ﬁ"]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "received: HELLO,WORLD!\n");
+    assert_eq!(stdout(&unicode), "received: STRASSE FI\n");
+}
+
+#[test]
+fn every_unicode_scalar_value_uppercases_as_python_does() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let output = python.run("unicode_sweep.py", &[&server.addr()]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        report["checked"],
+        0x110000 - 0x800,
+        "every scalar value was sent"
+    );
+    let mismatches = report["mismatches"].as_array().unwrap();
+    let unexplained: Vec<_> = mismatches
+        .iter()
+        .filter(|mismatch| mismatch["explained_by_newer_unicode"] != true)
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "differ from Python {} beyond Unicode updates: {unexplained:#?}",
+        report["python_unicode_version"]
+    );
+    assert!(
+        mismatches.len() < 100,
+        "only a few dozen code points changed after Python's Unicode version: {}",
+        mismatches.len()
+    );
+}
