@@ -10,6 +10,13 @@
 /// ASCII is the common case and maps byte for byte, so it is uppercased in place: no allocation
 /// and no per-character table lookups. Anything else goes through the full Unicode mapping, which
 /// may change the length and so needs a new string.
+///
+/// ```
+/// use formatdata::uppercase::uppercase;
+///
+/// assert_eq!(uppercase("hello,world!".to_owned()), "HELLO,WORLD!");
+/// assert_eq!(uppercase("straße ﬁ".to_owned()), "STRASSE FI");
+/// ```
 pub fn uppercase(mut text: String) -> String {
     if text.is_ascii() {
         text.make_ascii_uppercase();
