@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Code, Request, Status, TimeoutExpired};
 
 use crate::config::HostPort;
 use crate::pb::Data;
@@ -41,7 +41,6 @@ impl Client {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|err| connect_error(err.to_string()))?
             .connect_timeout(timeout)
-            .timeout(timeout)
             .connect()
             .await
             .map_err(|err| connect_error(root_cause(&err)))?;
@@ -55,8 +54,20 @@ impl Client {
     pub async fn format(&mut self, text: String) -> Result<String, ClientError> {
         let mut request = Request::new(Data { text });
         request.set_timeout(self.timeout);
-        Ok(self.stub.do_format(request).await?.into_inner().text)
+        match self.stub.do_format(request).await {
+            Ok(reply) => Ok(reply.into_inner().text),
+            Err(status) if is_local_deadline(&status) => {
+                Err(Status::deadline_exceeded(format!("no reply within {:?}", self.timeout)).into())
+            }
+            Err(status) => Err(status.into()),
+        }
     }
+}
+
+/// tonic's channel enforces `grpc-timeout` itself but reports it as CANCELLED "Timeout expired";
+/// gRPC (and every grpcio user) calls that DEADLINE_EXCEEDED.
+fn is_local_deadline(status: &Status) -> bool {
+    status.code() == Code::Cancelled && status.message() == TimeoutExpired(()).to_string()
 }
 
 /// The innermost error, which is the one that says what went wrong ("Connection refused"); the

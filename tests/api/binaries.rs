@@ -102,3 +102,47 @@ fn server_exits_zero_on_ctrl_c_and_sigterm() {
         assert_eq!(status.code(), Some(0), "exit status after {signal}");
     }
 }
+
+#[test]
+fn client_reports_a_non_ok_status_by_its_code_name() {
+    // A gRPC server that serves nothing: every call is UNIMPLEMENTED.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_routes(tonic::service::Routes::default())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let output = run_client(&["--addr", &addr]);
+
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    let message = stderr(&output);
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(message.starts_with("client: UNIMPLEMENTED: "), "{message}");
+}
+
+#[test]
+fn client_gives_up_on_a_silent_server_after_its_timeout() {
+    // Accepted by the kernel's backlog, never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+
+    let started = Instant::now();
+    let output = run_client(&["--addr", &addr, "--timeout", "0.5"]);
+
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the timeout was not honoured"
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).starts_with("client: DEADLINE_EXCEEDED: "),
+        "{}",
+        stderr(&output)
+    );
+}
