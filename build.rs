@@ -39,6 +39,8 @@ fn compile() -> Result<(), String> {
         .map_err(|err| format!("cannot write {}: {err}", descriptor_path.display()))?;
 
     tonic_prost_build::configure()
+        // Our codec reports undecodable requests as INVALID_ARGUMENT rather than INTERNAL.
+        .codec_path("crate::codec::ProstCodec")
         .compile_fds(compiler.file_descriptor_set())
         .map_err(|err| format!("code generation failed: {err}"))
 }

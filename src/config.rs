@@ -4,10 +4,11 @@
 //! where to meet without either spelling it out.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Where the server listens and the client calls unless told otherwise: the tutorial's address.
 pub const DEFAULT_ADDR: &str = "localhost:8080";
@@ -15,7 +16,17 @@ pub const DEFAULT_ADDR: &str = "localhost:8080";
 /// What the client sends when given no text: the tutorial's greeting.
 pub const DEFAULT_TEXT: &str = "hello,world!";
 
+/// Largest request or reply the server accepts by default: gRPC's customary 4 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where a bearer token comes from. Only the environment, never a flag: command lines are
+/// visible to every user of the machine through `ps`.
+pub const AUTH_TOKEN_ENV: &str = "FORMATDATA_AUTH_TOKEN";
+
 /// Serves `example.FormatData` over gRPC: replies with the text it is sent, uppercased.
+///
+/// Also serves grpc.health.v1.Health and gRPC reflection. Set FORMATDATA_AUTH_TOKEN to require
+/// `authorization: Bearer <token>` on FormatData calls.
 #[derive(Debug, Parser)]
 #[command(name = "server", version)]
 pub struct ServerArgs {
@@ -23,30 +34,159 @@ pub struct ServerArgs {
     /// to (both 127.0.0.1 and ::1 for localhost); port 0 picks a free port.
     #[arg(long, env = "FORMATDATA_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: HostPort,
+
+    /// Log line format on stderr.
+    #[arg(long, env = "FORMATDATA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Seconds that calls in progress get to finish after SIGINT or SIGTERM; the rest are then
+    /// cancelled.
+    #[arg(long, env = "FORMATDATA_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+
+    /// PEM certificate chain to serve TLS with (needs --tls-key).
+    #[arg(long, env = "FORMATDATA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FORMATDATA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): clients must present a certificate signed by one (mutual TLS).
+    #[arg(long, env = "FORMATDATA_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Largest request and reply, in bytes; larger ones fail with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FORMATDATA_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Most calls in flight on one HTTP/2 connection.
+    #[arg(long, env = "FORMATDATA_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Seconds between HTTP/2 pings on idle connections; a peer that does not answer within
+    /// 20 s is dropped. 0 turns pings off.
+    #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS", default_value_t = 60)]
+    pub keepalive_secs: u64,
+
+    /// Bearer token required on FormatData calls; read from FORMATDATA_AUTH_TOKEN only.
+    #[arg(skip)]
+    pub auth_token: Option<String>,
+}
+
+impl ServerArgs {
+    /// Flags, `FORMATDATA_*` variables and the auth token, as the binary takes them.
+    pub fn from_env() -> Self {
+        let mut args = Self::parse();
+        args.auth_token = auth_token_from_env();
+        args
+    }
 }
 
 /// Calls `example.FormatData/DoFormat` and prints the reply as `received: TEXT`.
+///
+/// Set FORMATDATA_AUTH_TOKEN to send it as `authorization: Bearer <token>`.
 #[derive(Debug, Parser)]
 #[command(name = "client", version)]
 pub struct ClientArgs {
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
+
     /// Server to call, as HOST:PORT.
-    #[arg(long, env = "FORMATDATA_ADDR", default_value = DEFAULT_ADDR)]
+    #[arg(long, global = true, env = "FORMATDATA_ADDR", default_value = DEFAULT_ADDR)]
     pub addr: HostPort,
 
     /// Seconds to wait for the connection, and then for the reply.
-    #[arg(long, env = "FORMATDATA_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, global = true, env = "FORMATDATA_TIMEOUT", default_value = "10",
+          value_parser = parse_positive_seconds)]
     pub timeout: Duration,
 
+    /// Times to retry a call that failed with UNAVAILABLE (server down or restarting), with
+    /// exponential backoff and jitter.
+    #[arg(long, global = true, env = "FORMATDATA_RETRIES", default_value_t = 3)]
+    pub retries: u32,
+
+    /// PEM CA certificate to verify the server with; turns TLS on.
+    #[arg(long, global = true, env = "FORMATDATA_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (needs --tls-key); turns TLS on.
+    #[arg(long, global = true, env = "FORMATDATA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, global = true, env = "FORMATDATA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Name to expect in the server's certificate, when it is not the host of --addr.
+    #[arg(long, global = true, env = "FORMATDATA_TLS_DOMAIN")]
+    pub tls_domain: Option<String>,
+
+    /// Compress requests, and ask for compressed replies.
+    #[arg(long, global = true, env = "FORMATDATA_COMPRESS", value_enum)]
+    pub compress: Option<Compression>,
+
     /// Text to send; several words are joined by single spaces.
-    #[arg(default_value = DEFAULT_TEXT, trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(default_value = DEFAULT_TEXT)]
     pub text: Vec<String>,
+
+    /// Bearer token to send; read from FORMATDATA_AUTH_TOKEN only.
+    #[arg(skip)]
+    pub auth_token: Option<String>,
 }
 
 impl ClientArgs {
+    /// Flags, `FORMATDATA_*` variables and the auth token, as the binary takes them.
+    pub fn from_env() -> Self {
+        let mut args = Self::parse();
+        args.auth_token = auth_token_from_env();
+        args
+    }
+
     /// The text to send, as one string.
     pub fn text(&self) -> String {
         self.text.join(" ")
     }
+
+    /// Whether to speak TLS: any TLS flag turns it on.
+    pub fn uses_tls(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_domain.is_some()
+    }
+}
+
+/// What the client does instead of sending text.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Asks grpc.health.v1.Health for a service's status; exits 0 only when SERVING.
+    Health {
+        /// Service to ask about; empty means the server as a whole.
+        #[arg(default_value = "")]
+        service: String,
+    },
+    /// Lists the services the server offers, through gRPC reflection.
+    List,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+/// The token from [`AUTH_TOKEN_ENV`]; unset and empty both mean none.
+fn auth_token_from_env() -> Option<String> {
+    std::env::var(AUTH_TOKEN_ENV)
+        .ok()
+        .filter(|token| !token.is_empty())
 }
 
 /// A `HOST:PORT` pair where HOST is a name or an IP address (IPv6 in brackets: `[::1]:8080`).
@@ -106,8 +246,14 @@ fn parse_seconds(value: &str) -> Result<Duration, String> {
     value
         .parse::<f64>()
         .ok()
-        .filter(|secs| *secs > 0.0)
         .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("'{value}' is not a number of seconds"))
+}
+
+fn parse_positive_seconds(value: &str) -> Result<Duration, String> {
+    parse_seconds(value)
+        .ok()
+        .filter(|duration| !duration.is_zero())
         .ok_or_else(|| format!("'{value}' is not a positive number of seconds"))
 }
 
@@ -162,7 +308,7 @@ mod tests {
 
     #[test]
     fn client_joins_words_with_spaces() {
-        let args = ClientArgs::try_parse_from(["client", "ß", "-x", "straße"]).unwrap();
+        let args = ClientArgs::try_parse_from(["client", "ß", "--", "-x", "straße"]).unwrap();
         assert_eq!(args.text(), "ß -x straße");
     }
 
@@ -171,6 +317,38 @@ mod tests {
         for value in ["0", "-1", "soon", "NaN"] {
             assert!(ClientArgs::try_parse_from(["client", "--timeout", value]).is_err());
         }
+    }
+
+    #[test]
+    fn client_subcommands_take_precedence_over_text() {
+        let health = ClientArgs::try_parse_from(["client", "health", "--addr", "h:1"]).unwrap();
+        assert!(
+            matches!(health.command, Some(ClientCommand::Health { ref service }) if service.is_empty())
+        );
+        assert_eq!(health.addr.port, 1);
+        let text = ClientArgs::try_parse_from(["client", "--", "health"]).unwrap();
+        assert!(text.command.is_none());
+        assert_eq!(text.text(), "health");
+    }
+
+    #[test]
+    fn server_tls_key_and_cert_go_together() {
+        assert!(ServerArgs::try_parse_from(["server", "--tls-cert", "c.pem"]).is_err());
+        assert!(ServerArgs::try_parse_from(["server", "--tls-client-ca", "ca.pem"]).is_err());
+        let tls = ServerArgs::try_parse_from(["server", "--tls-cert", "c", "--tls-key", "k"]);
+        assert!(tls.is_ok());
+    }
+
+    #[test]
+    fn server_defaults() {
+        let args = ServerArgs::try_parse_from(["server"]).unwrap();
+        assert_eq!(args.addr.to_string(), DEFAULT_ADDR);
+        assert_eq!(args.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(args.max_message_bytes, 4 * 1024 * 1024);
+        assert!(
+            args.auth_token.is_none(),
+            "the token never comes from flags"
+        );
     }
 
     #[test]

@@ -5,18 +5,40 @@
 //! addresses, port 0 included, before the first connection arrives, and so that "address in use"
 //! is reported before anything is served.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::StreamExt;
 use futures_util::stream::select_all;
-use tokio::net::TcpListener;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
-use tracing::{info, warn};
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
+use tonic::service::Routes;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+use tracing::{debug, info, warn};
 
-use crate::config::HostPort;
+use crate::auth::RequireBearer;
+use crate::config::{HostPort, ServerArgs};
+use crate::middleware::{CallsLayer, InFlight};
+use crate::pb;
+use crate::pb::format_data_server::FormatDataServer;
 use crate::service::FormatDataService;
+use crate::tls::{self, TlsError};
 
 /// How many times to retry when port 0 was asked for on a name with several addresses and the
 /// free port picked on the first address is taken on another one.
@@ -132,26 +154,249 @@ fn machine_lacks_address(error: &io::Error) -> bool {
     )
 }
 
-/// Serves `example.FormatData` on `listeners` until `shutdown` completes, then stops accepting,
-/// lets the calls in progress finish, and returns.
+/// The server's settings, checked and loaded (TLS files read) before anything is bound.
+pub struct ServerConfig {
+    /// TLS acceptor when `--tls-cert` is set; plaintext HTTP/2 otherwise.
+    tls: Option<TlsAcceptor>,
+    /// For the startup log: whether clients must present certificates.
+    mutual_tls: bool,
+    /// Bearer-token check on FormatData calls (a no-op without a token).
+    auth: RequireBearer,
+    /// How long calls in progress get to finish once shutdown begins.
+    shutdown_grace: Duration,
+    /// Largest request and reply, in bytes.
+    max_message_bytes: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS per connection.
+    max_concurrent_streams: u32,
+    /// Interval of HTTP/2 keepalive pings; `None` turns them off.
+    keepalive: Option<Duration>,
+}
+
+impl ServerConfig {
+    pub fn from_args(args: &ServerArgs) -> Result<Self, TlsError> {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(tls::acceptor(cert, key, args.tls_client_ca.as_deref())?)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            tls,
+            mutual_tls: args.tls_client_ca.is_some(),
+            auth: RequireBearer::new(args.auth_token.as_deref()),
+            shutdown_grace: args.shutdown_grace,
+            max_message_bytes: args.max_message_bytes,
+            max_concurrent_streams: args.max_concurrent_streams,
+            keepalive: (args.keepalive_secs > 0).then(|| Duration::from_secs(args.keepalive_secs)),
+        })
+    }
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// How long a client gets to complete the TLS handshake before its connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a keepalive ping may go unanswered before the peer is considered dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves FormatData, health and reflection on `listeners` until `shutdown` completes.
+///
+/// Shutdown then goes: health reports NOT_SERVING, the listeners close, every connection gets
+/// an HTTP/2 GOAWAY, and calls in progress get `shutdown_grace` to finish; those still running
+/// after it are cancelled. Returns once all connections are closed.
 pub async fn run(
     listeners: Listeners,
+    config: ServerConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    info!("serving example.FormatData on {}", join(&listeners.addrs));
-    let incoming = select_all(
-        listeners
-            .sockets
-            .into_iter()
-            // Replies are small and written whole: Nagle's algorithm would only delay them.
-            .map(|socket| TcpIncoming::from(socket).with_nodelay(Some(true))),
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FormatDataServer<FormatDataService>>()
+        .await;
+    let in_flight = Arc::new(InFlight::default());
+    let routes = Routes::new(health_service)
+        .add_service(format_data(&config))
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .prepare();
+    let service = ServiceBuilder::new()
+        .map_request(|request: http::Request<Incoming>| request.map(Body::new))
+        .layer(CallsLayer {
+            in_flight: in_flight.clone(),
+        })
+        .service(routes);
+    let http2 = http2_builder(&config);
+    log_startup(&listeners, &config);
+
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let mut incoming = select_all(listeners.sockets.into_iter().map(TcpListenerStream::new));
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = incoming.next() => match accepted {
+                Some(Ok(stream)) => stream,
+                Some(Err(error)) => {
+                    warn!("accepting a connection failed: {error}");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+                None => break,
+            },
+        };
+        // Replies are small and written whole: Nagle's algorithm would only delay them.
+        let _ = stream.set_nodelay(true);
+        while connections.try_join_next().is_some() {}
+        connections.spawn(serve_connection(
+            stream,
+            config.tls.clone(),
+            http2.clone(),
+            TowerToHyperService::new(service.clone()),
+            graceful.watcher(),
+        ));
+    }
+
+    health
+        .set_not_serving::<FormatDataServer<FormatDataService>>()
+        .await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    drop(incoming);
+    info!(
+        calls = in_flight.count(),
+        "shutting down: stopped listening, waiting up to {:?} for calls in progress",
+        config.shutdown_grace
     );
-    Server::builder()
-        .add_service(FormatDataService.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    info!("server stopped");
+    match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => info!("all calls finished; server stopped"),
+        Err(_) => {
+            warn!(
+                calls = in_flight.count(),
+                "grace period over; cancelling the calls still running"
+            );
+            connections.shutdown().await;
+        }
+    }
     Ok(())
+}
+
+/// The FormatData service with its limits, compression and authentication.
+fn format_data(
+    config: &ServerConfig,
+) -> InterceptedService<FormatDataServer<FormatDataService>, RequireBearer> {
+    let server = FormatDataServer::new(FormatDataService)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Zstd);
+    InterceptedService::new(server, config.auth.clone())
+}
+
+/// gRPC reflection over everything served: our `proto/` and the health service.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+fn http2_builder(config: &ServerConfig) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .keep_alive_interval(config.keepalive)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    builder
+}
+
+/// One client connection, from the TLS handshake (if any) to its close.
+async fn serve_connection<S>(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    http2: http2::Builder<TokioExecutor>,
+    service: S,
+    watcher: Watcher,
+) where
+    S: hyper::service::Service<
+            http::Request<Incoming>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let peer = stream.peer_addr().ok();
+    let result = match tls {
+        None => {
+            watcher
+                .watch(http2.serve_connection(TokioIo::new(stream), service))
+                .await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    watcher
+                        .watch(http2.serve_connection(TokioIo::new(stream), service))
+                        .await
+                }
+                Ok(Err(error)) => {
+                    warn!(?peer, "TLS handshake failed: {error}");
+                    return;
+                }
+                Err(_) => {
+                    warn!(?peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        debug!(?peer, "connection ended with an error: {error}");
+    }
+}
+
+fn log_startup(listeners: &Listeners, config: &ServerConfig) {
+    let tls = match (&config.tls, config.mutual_tls) {
+        (None, _) => "off",
+        (Some(_), false) => "on",
+        (Some(_), true) => "mutual",
+    };
+    info!(
+        tls,
+        auth = if config.auth.is_enabled() {
+            "bearer"
+        } else {
+            "off"
+        },
+        max_message_bytes = config.max_message_bytes,
+        max_concurrent_streams = config.max_concurrent_streams,
+        keepalive_secs = config.keepalive.map_or(0, |interval| interval.as_secs()),
+        "serving example.FormatData on {}",
+        join(&listeners.addrs)
+    );
+    if config.tls.is_none() {
+        for addr in listeners
+            .addrs
+            .iter()
+            .filter(|addr| !addr.ip().is_loopback())
+        {
+            warn!("serving {addr} without TLS: calls and tokens cross the network in clear text");
+        }
+    }
 }
 
 fn join(addrs: &[SocketAddr]) -> String {

@@ -4,19 +4,12 @@
 use tonic::{Request, Response, Status};
 
 use crate::pb::Data;
-use crate::pb::format_data_server::{FormatData, FormatDataServer};
+use crate::pb::format_data_server::FormatData;
 use crate::uppercase::uppercase;
 
 /// Implements `example.FormatData`. Stateless, so one instance serves every connection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FormatDataService;
-
-impl FormatDataService {
-    /// The service wrapped for a tonic router.
-    pub fn into_server(self) -> FormatDataServer<Self> {
-        FormatDataServer::new(self)
-    }
-}
 
 #[tonic::async_trait]
 impl FormatData for FormatDataService {

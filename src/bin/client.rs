@@ -1,30 +1,41 @@
 //! `client`: sends text (by default `hello,world!`) to a FormatData server and prints
-//! `received: <reply>`.
+//! `received: <reply>`; `client health` and `client list` ask the server about itself.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use formatdata::client::Client;
-use formatdata::config::ClientArgs;
+use formatdata::client::{Client, ClientError};
+use formatdata::config::{ClientArgs, ClientCommand, LogFormat};
 use formatdata::telemetry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = ClientArgs::parse();
-    telemetry::init("warn");
-
-    let reply = match Client::connect(&args.addr, args.timeout).await {
-        Ok(mut client) => client.format(args.text()).await,
-        Err(err) => Err(err),
-    };
-    match reply {
-        Ok(text) => {
-            println!("received: {text}");
-            ExitCode::SUCCESS
-        }
+    let args = ClientArgs::from_env();
+    telemetry::init(LogFormat::Text, "warn");
+    match run(&args).await {
+        Ok(code) => code,
         Err(err) => {
             eprintln!("client: {err}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
+    let client = Client::new(args)?;
+    match &args.command {
+        None => println!("received: {}", client.format(&args.text()).await?),
+        Some(ClientCommand::Health { service }) => {
+            let status = client.health(service).await?;
+            println!("{status}");
+            if status != "SERVING" {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Some(ClientCommand::List) => {
+            for service in client.list_services().await? {
+                println!("{service}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

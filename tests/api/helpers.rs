@@ -6,8 +6,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use clap::Parser;
+use formatdata::config::ServerArgs;
 use formatdata::pb::format_data_client::FormatDataClient;
-use formatdata::server::{self, Listeners};
+use formatdata::server::{self, Listeners, ServeError, ServerConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -19,16 +21,28 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TestApp {
     pub addr: SocketAddr,
     stop: oneshot::Sender<()>,
-    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+    serving: JoinHandle<Result<(), ServeError>>,
 }
 
+/// A server with default settings.
 pub async fn spawn_app() -> TestApp {
-    let listeners = Listeners::bind(&"127.0.0.1:0".parse().unwrap())
+    spawn_app_with(&[], None).await
+}
+
+/// A server started with these command-line flags and, optionally, an auth token (which the
+/// binary would read from FORMATDATA_AUTH_TOKEN).
+pub async fn spawn_app_with(flags: &[&str], auth_token: Option<&str>) -> TestApp {
+    let mut args =
+        ServerArgs::try_parse_from(["server", "--addr", "127.0.0.1:0"].iter().chain(flags))
+            .expect("valid server flags");
+    args.auth_token = auth_token.map(str::to_owned);
+    let config = ServerConfig::from_args(&args).expect("valid server configuration");
+    let listeners = Listeners::bind(&args.addr)
         .await
         .expect("bind a free loopback port");
     let addr = listeners.local_addrs()[0];
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server::run(listeners, async {
+    let serving = tokio::spawn(server::run(listeners, config, async {
         let _ = stopped.await;
     }));
     TestApp {
@@ -46,8 +60,17 @@ impl TestApp {
             .expect("connect to the test server")
     }
 
+    /// A plain HTTP/2 channel to the server, for stubs other than FormatData.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the test server")
+    }
+
     /// Triggers graceful shutdown and waits for the server to finish, returning its result.
-    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+    pub async fn shutdown(self) -> Result<(), ServeError> {
         self.stop.send(()).expect("server still running");
         tokio::time::timeout(Duration::from_secs(10), self.serving)
             .await
@@ -91,10 +114,11 @@ impl ServerProcess {
             let line = log
                 .recv_timeout(STARTUP_TIMEOUT)
                 .expect("server logs its addresses at startup");
-            if let Some((_, addrs)) = line.split_once("serving example.FormatData on ") {
-                server.addrs = addrs
-                    .split(", ")
-                    .map(|addr| addr.parse().unwrap())
+            // "... serving example.FormatData on 127.0.0.1:8080, [::1]:8080 tls=..."
+            if let Some((_, rest)) = line.split_once("serving example.FormatData on ") {
+                server.addrs = rest
+                    .split(' ')
+                    .map_while(|word| word.trim_end_matches(',').parse().ok())
                     .collect();
             }
         }

@@ -1,0 +1,390 @@
+//! What happens to every gRPC call around the services, at the HTTP level: reject what is not
+//! gRPC, enforce the caller's deadline, give tonic's own errors their standard status codes, and
+//! log each call once with its method, status and duration.
+//!
+//! It sits between hyper and tonic's router, so it sees every call, to every service, exactly as
+//! it arrives and leaves.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use percent_encoding::percent_decode;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+use tracing::{debug, warn};
+
+/// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Wraps the router in [`Calls`].
+#[derive(Debug, Clone, Default)]
+pub struct CallsLayer {
+    pub in_flight: Arc<InFlight>,
+}
+
+impl<S> Layer<S> for CallsLayer {
+    type Service = Calls<S>;
+
+    fn layer(&self, inner: S) -> Calls<S> {
+        Calls {
+            inner,
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+/// The middleware itself; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Calls<S> {
+    inner: S,
+    in_flight: Arc<InFlight>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<Request<Body>> for Calls<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let call = CallLog::start(request.uri().path(), self.in_flight.clone());
+
+        if !is_grpc(request.headers()) {
+            let status = Status::invalid_argument(format!(
+                "content-type {:?} is not application/grpc",
+                request.headers().get(CONTENT_TYPE)
+            ));
+            // HTTP 415 as the gRPC spec asks, so plain HTTP clients understand too; grpc-status
+            // as grpc-go sends it, so gRPC clients get a real status rather than UNKNOWN.
+            let mut response = status_response(&status);
+            *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            call.finish(&status);
+            return Box::pin(async { Ok(response) });
+        }
+        let deadline = match grpc_timeout(request.headers()) {
+            Ok(deadline) => deadline,
+            Err(status) => {
+                call.finish(&status);
+                return Box::pin(async move { Ok(status_response(&status)) });
+            }
+        };
+
+        // The clone that was made ready is the one to call (tower's rule); leave a fresh one.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        Box::pin(async move {
+            let reply = inner.call(request);
+            let mut response = match deadline {
+                None => reply.await?,
+                Some(deadline) => match tokio::time::timeout(deadline, reply).await {
+                    Ok(response) => response?,
+                    // Dropping the reply future cancels the handler: nobody waits for it.
+                    Err(_) => status_response(&Status::deadline_exceeded(format!(
+                        "deadline of {deadline:?} (grpc-timeout) exceeded"
+                    ))),
+                },
+            };
+            // A "trailers-only" response carries its status in the headers: the call ended
+            // before a reply was produced. Otherwise the status comes in the body's trailers.
+            if let Some(status) = standard_status(response.headers_mut(), call.method()) {
+                call.finish(&status);
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                Body::new(LoggedBody {
+                    inner: body,
+                    call: Some(call),
+                })
+            }))
+        })
+    }
+}
+
+/// One line per call when it ends: debug when OK, warn otherwise; in-flight accounting.
+#[derive(Debug)]
+struct CallLog {
+    method: String,
+    started: Instant,
+    in_flight: Arc<InFlight>,
+    finished: bool,
+}
+
+impl CallLog {
+    fn start(method: &str, in_flight: Arc<InFlight>) -> Self {
+        in_flight.0.fetch_add(1, Ordering::Relaxed);
+        Self {
+            method: method.to_owned(),
+            started: Instant::now(),
+            in_flight,
+            finished: false,
+        }
+    }
+
+    fn method(&self) -> &str {
+        &self.method
+    }
+
+    fn finish(mut self, status: &Status) {
+        self.finished = true;
+        let (method, code) = (&self.method, status.code());
+        let duration_us = self.started.elapsed().as_micros() as u64;
+        if code == Code::Ok {
+            debug!(method, code = ?code, duration_us, "call finished");
+        } else {
+            warn!(method, code = ?code, message = status.message(), duration_us, "call failed");
+        }
+    }
+}
+
+impl Drop for CallLog {
+    fn drop(&mut self) {
+        self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
+        if !self.finished {
+            // The reply never completed: the client went away, or shutdown's grace ran out.
+            let duration_us = self.started.elapsed().as_micros() as u64;
+            warn!(
+                method = self.method,
+                duration_us, "call cancelled before it finished"
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A reply body that logs the call when its trailers (and so its status) go out.
+    struct LoggedBody {
+        #[pin]
+        inner: Body,
+        call: Option<CallLog>,
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        let frame = match frame {
+            Some(Ok(frame)) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    if let Some(call) = this.call.take() {
+                        let status = standard_status(&mut trailers, call.method())
+                            .unwrap_or_else(|| Status::unknown("reply ended without grpc-status"));
+                        call.finish(&status);
+                    }
+                    Frame::trailers(trailers)
+                }
+                Err(data) => data,
+            },
+            Some(Err(status)) => {
+                if let Some(call) = this.call.take() {
+                    call.finish(&status);
+                }
+                return Poll::Ready(Some(Err(status)));
+            }
+            None => return Poll::Ready(None),
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads the call's status from `headers` (response headers or trailers), first rewriting the
+/// codes tonic gives its own errors to the ones the gRPC spec and grpcio/grpc-go use:
+///
+/// - OUT_OF_RANGE -> RESOURCE_EXHAUSTED: tonic's message-size limits (our services never
+///   return OUT_OF_RANGE themselves).
+/// - INTERNAL -> INVALID_ARGUMENT: tonic's request decoding failures (a truncated frame, a bad
+///   compression flag, no message at all); our handlers never return INTERNAL, so this is always
+///   bytes the caller sent.
+/// - UNIMPLEMENTED with no message -> the same with the method named: tonic's router has no
+///   such method.
+fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<Status> {
+    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    let message = headers
+        .get("grpc-message")
+        .map(|value| {
+            percent_decode(value.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let status = match code {
+        Code::OutOfRange => Status::resource_exhausted(message),
+        Code::Internal => Status::invalid_argument(message),
+        Code::Unimplemented if message.is_empty() => {
+            Status::unimplemented(format!("unknown method {method}"))
+        }
+        _ => return Some(Status::new(code, message)),
+    };
+    set_status_headers(headers, &status);
+    Some(status)
+}
+
+/// A trailers-only gRPC response carrying `status`.
+fn status_response(status: &Status) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    set_status_headers(response.headers_mut(), status);
+    response
+}
+
+fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
+    // tonic's own encoder (percent-encoding the message) keeps the two in agreement.
+    let encoded = Status::new(status.code(), status.message())
+        .into_http::<()>()
+        .into_parts()
+        .0
+        .headers;
+    headers.remove("grpc-message");
+    for name in ["grpc-status", "grpc-message"] {
+        if let Some(value) = encoded.get(name) {
+            headers.insert(name, value.clone());
+        }
+    }
+}
+
+/// gRPC is `application/grpc`, optionally with a `+proto`-style suffix or parameters.
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .strip_prefix("application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+        })
+}
+
+/// The caller's deadline from `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
+    let Some(value) = headers.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let invalid = || Status::invalid_argument(format!("malformed grpc-timeout {value:?}"));
+    let text = value.to_str().map_err(|_| invalid())?;
+    if text.len() < 2 || text.len() > 9 {
+        return Err(invalid());
+    }
+    let (amount, unit) = text.split_at(text.len() - 1);
+    let amount: u64 = amount.parse().map_err(|_| invalid())?;
+    let duration = match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return Err(invalid()),
+    };
+    Ok(Some(duration))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grpc_timeout_units() {
+        let timeout = |value| grpc_timeout(&headers(&[("grpc-timeout", value)]));
+        assert_eq!(timeout("1H").unwrap(), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("2M").unwrap(), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("3S").unwrap(), Some(Duration::from_secs(3)));
+        assert_eq!(timeout("250m").unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(
+            timeout("99999999u").unwrap(),
+            Some(Duration::from_micros(99_999_999))
+        );
+        assert_eq!(timeout("5n").unwrap(), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "10", "1x", "-1S", "123456789S"] {
+            assert_eq!(
+                timeout(bad).unwrap_err().code(),
+                Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn grpc_content_types() {
+        let is = |value| is_grpc(&headers(&[("content-type", value)]));
+        assert!(is("application/grpc"));
+        assert!(is("application/grpc+proto"));
+        assert!(is("application/grpc;charset=utf-8"));
+        assert!(!is("application/grpcx"));
+        assert!(!is("application/json"));
+        assert!(!is_grpc(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn tonic_errors_get_standard_codes() {
+        let mut too_big = headers(&[("grpc-status", "11"), ("grpc-message", "too%20large")]);
+        let status = standard_status(&mut too_big, "/m").unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "too large");
+        assert_eq!(too_big["grpc-status"], "8");
+
+        let mut unknown = headers(&[("grpc-status", "12")]);
+        let status = standard_status(&mut unknown, "/x.Y/Z").unwrap();
+        assert_eq!(status.message(), "unknown method /x.Y/Z");
+
+        let mut ok = headers(&[("grpc-status", "0")]);
+        assert_eq!(standard_status(&mut ok, "/m").unwrap().code(), Code::Ok);
+        assert!(standard_status(&mut HeaderMap::new(), "/m").is_none());
+    }
+}
