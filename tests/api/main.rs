@@ -3,9 +3,13 @@
 //!
 //! One test binary with a module per concern, so the helpers are compiled once.
 
+mod auth_tls_compression;
+mod bad_input;
 mod binaries;
 mod contract;
 mod do_format;
+mod health_reflection;
 mod helpers;
 mod python_interop;
+mod raw;
 mod server_lifecycle;

@@ -1,0 +1,186 @@
+//! Hostile or broken requests, sent as raw bytes: each gets the right gRPC status with a message
+//! saying what was wrong, and the server goes on serving normal calls.
+
+use std::time::{Duration, Instant};
+
+use formatdata::pb::Data;
+use tonic::Code;
+
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::raw::{self, DO_FORMAT, data_message, frame};
+
+/// The server still answers a normal call.
+async fn assert_still_serving(app: &TestApp) {
+    let reply = app
+        .client()
+        .await
+        .do_format(Data {
+            text: "still here".into(),
+        })
+        .await
+        .expect("a normal call succeeds after the bad one");
+    assert_eq!(reply.into_inner().text, "STILL HERE");
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_a_protobuf_are_invalid_argument() {
+    let app = spawn_app().await;
+
+    let reply = raw::call(app.addr, DO_FORMAT, &[], frame(false, &[0xff; 7])).await;
+
+    assert_eq!(reply.code(), Code::InvalidArgument, "{}", reply.message());
+    assert!(reply.message().contains("decode"), "{}", reply.message());
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn text_that_is_not_utf8_is_invalid_argument() {
+    let app = spawn_app().await;
+
+    let body = frame(false, &data_message(&[b'a', 0xff, 0xfe]));
+    let reply = raw::call(app.addr, DO_FORMAT, &[], body).await;
+
+    assert_eq!(reply.code(), Code::InvalidArgument, "{}", reply.message());
+    assert!(reply.message().contains("UTF-8"), "{}", reply.message());
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_truncated_frame_is_invalid_argument() {
+    let app = spawn_app().await;
+
+    // The prefix promises 100 bytes; the stream ends after 3.
+    let mut truncated = frame(false, &[0u8; 100]).to_vec();
+    truncated.truncate(5 + 3);
+    let reply = raw::call(app.addr, DO_FORMAT, &[], truncated.into()).await;
+
+    assert_eq!(reply.code(), Code::InvalidArgument, "{}", reply.message());
+    assert!(
+        reply.message().to_lowercase().contains("eof"),
+        "{}",
+        reply.message()
+    );
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn an_unsupported_compression_is_unimplemented() {
+    let app = spawn_app().await;
+
+    let body = frame(true, &data_message(b"hello"));
+    let reply = raw::call(app.addr, DO_FORMAT, &[("grpc-encoding", "snappy")], body).await;
+
+    assert_eq!(reply.code(), Code::Unimplemented, "{}", reply.message());
+    assert!(reply.message().contains("snappy"), "{}", reply.message());
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn an_unknown_method_is_unimplemented_and_named() {
+    let app = spawn_app().await;
+
+    let body = frame(false, &data_message(b"hello"));
+    let reply = raw::call(app.addr, "/example.FormatData/DoNothing", &[], body).await;
+
+    assert_eq!(reply.code(), Code::Unimplemented);
+    assert!(
+        reply.message().contains("/example.FormatData/DoNothing"),
+        "{}",
+        reply.message()
+    );
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_non_grpc_content_type_is_refused_with_415() {
+    let app = spawn_app().await;
+
+    let body = frame(false, &data_message(b"hello"));
+    let reply = raw::call(
+        app.addr,
+        DO_FORMAT,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+
+    assert_eq!(reply.http_status, 415);
+    assert_eq!(reply.code(), Code::InvalidArgument);
+    assert!(
+        reply.message().contains("application/json"),
+        "{}",
+        reply.message()
+    );
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_request_over_the_size_limit_is_resource_exhausted() {
+    let app = spawn_app().await;
+
+    let text = vec![b'a'; 5 * 1024 * 1024];
+    let reply = raw::call(app.addr, DO_FORMAT, &[], frame(false, &data_message(&text))).await;
+
+    assert_eq!(reply.code(), Code::ResourceExhausted, "{}", reply.message());
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_reply_over_the_size_limit_is_resource_exhausted() {
+    // 300 x "ΐ" is 600 bytes; uppercased it is 1,800, over the 1,000-byte limit.
+    let app = spawn_app_with(&["--max-message-bytes", "1000"], None).await;
+
+    let status = app
+        .client()
+        .await
+        .do_format(Data {
+            text: "ΐ".repeat(300),
+        })
+        .await
+        .expect_err("reply too large");
+
+    assert_eq!(
+        status.code(),
+        Code::ResourceExhausted,
+        "{}",
+        status.message()
+    );
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn the_callers_deadline_is_enforced_as_deadline_exceeded() {
+    let app = spawn_app().await;
+    let mut client = raw::connect(app.addr).await;
+
+    // A request whose message never arrives: only the deadline can end it.
+    let started = Instant::now();
+    let (response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[("grpc-timeout", "200m")]);
+    send.send_data(
+        frame(false, &data_message(b"hel"))[..4].to_vec().into(),
+        false,
+    )
+    .unwrap();
+    let reply = raw::read_reply(response).await;
+
+    assert_eq!(reply.code(), Code::DeadlineExceeded, "{}", reply.message());
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_malformed_deadline_is_invalid_argument() {
+    let app = spawn_app().await;
+
+    let body = frame(false, &data_message(b"hello"));
+    let reply = raw::call(app.addr, DO_FORMAT, &[("grpc-timeout", "soon")], body).await;
+
+    assert_eq!(reply.code(), Code::InvalidArgument);
+    assert!(
+        reply.message().contains("grpc-timeout"),
+        "{}",
+        reply.message()
+    );
+}
