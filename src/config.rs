@@ -78,7 +78,7 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// Flags, `FORMATDATA_*` variables and the auth token, as the binary takes them.
     pub fn from_env() -> Self {
-        let mut args = Self::parse();
+        let mut args = parse_or_exit::<Self>();
         args.auth_token = auth_token_from_env();
         args
     }
@@ -139,7 +139,7 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// Flags, `FORMATDATA_*` variables and the auth token, as the binary takes them.
     pub fn from_env() -> Self {
-        let mut args = Self::parse();
+        let mut args = parse_or_exit::<Self>();
         args.auth_token = auth_token_from_env();
         args
     }
@@ -180,6 +180,24 @@ pub enum LogFormat {
 pub enum Compression {
     Gzip,
     Zstd,
+}
+
+/// Parses the command line; on a mistake prints clap's message on one line and exits with
+/// status 2 (`--help` and `--version` print in full and exit 0).
+fn parse_or_exit<T: Parser>() -> T {
+    T::try_parse().unwrap_or_else(|error| {
+        if !error.use_stderr() {
+            error.exit();
+        }
+        eprintln!("{}", one_line(&error.to_string()));
+        std::process::exit(error.exit_code());
+    })
+}
+
+/// clap's error up to its usage hint, folded onto one line.
+fn one_line(message: &str) -> String {
+    let essential = message.split("\n\n").next().unwrap_or(message);
+    essential.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The token from [`AUTH_TOKEN_ENV`]; unset and empty both mean none.
@@ -349,6 +367,15 @@ mod tests {
             args.auth_token.is_none(),
             "the token never comes from flags"
         );
+    }
+
+    #[test]
+    fn errors_fold_onto_one_line() {
+        let error = ServerArgs::try_parse_from(["server", "--tls-cert", "c"]).unwrap_err();
+        let line = one_line(&error.to_string());
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with("error: "), "{line}");
+        assert!(line.contains("--tls-key"), "{line}");
     }
 
     #[test]

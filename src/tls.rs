@@ -52,8 +52,9 @@ pub fn acceptor(
         }
         None => builder.with_no_client_auth(),
     };
+    let chain = certificates(cert)?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|err| pem_error(key, err))?;
-    let mut config = builder.with_single_cert(certificates(cert)?, private_key)?;
+    let mut config = builder.with_single_cert(chain, private_key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -2,9 +2,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use clap::Parser;
 use formatdata::config::ServerArgs;
@@ -84,6 +87,10 @@ pub struct ServerProcess {
     pub child: Child,
     /// Every address from its "serving ... on" log line.
     pub addrs: Vec<SocketAddr>,
+    /// Its stderr, line by line, for tests that look at what it logged.
+    log: Option<mpsc::Receiver<String>>,
+    /// Lines already taken from `log`.
+    seen: Vec<String>,
 }
 
 impl ServerProcess {
@@ -108,21 +115,61 @@ impl ServerProcess {
         let mut server = Self {
             child,
             addrs: Vec::new(),
+            log: None,
+            seen: Vec::new(),
         };
         let log = forward_lines(server.child.stderr.take().unwrap());
         while server.addrs.is_empty() {
             let line = log
                 .recv_timeout(STARTUP_TIMEOUT)
                 .expect("server logs its addresses at startup");
-            // "... serving example.FormatData on 127.0.0.1:8080, [::1]:8080 tls=..."
+            server.seen.push(line.clone());
+            // Text: `... serving example.FormatData on 127.0.0.1:8080, [::1]:8080 tls="off" ...`;
+            // JSON: `..."message":"serving example.FormatData on 127.0.0.1:8080","tls":...`.
             if let Some((_, rest)) = line.split_once("serving example.FormatData on ") {
+                let is_address_char = |c: char| c.is_ascii_hexdigit() || ".:[]".contains(c);
                 server.addrs = rest
-                    .split(' ')
-                    .map_while(|word| word.trim_end_matches(',').parse().ok())
+                    .split(", ")
+                    .map_while(|part| {
+                        let end = part.find(|c| !is_address_char(c)).unwrap_or(part.len());
+                        part[..end].parse().ok()
+                    })
                     .collect();
             }
         }
+        server.log = Some(log);
         server
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("send signal");
+    }
+
+    /// Waits for the process to exit, failing the test after `limit`.
+    pub fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server still running after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything it has logged so far (after it exited: everything).
+    pub fn log_lines(&mut self) -> Vec<String> {
+        if let Some(log) = &self.log {
+            // The forwarding thread may still be reading the last lines of an exited process.
+            while let Ok(line) = log.recv_timeout(Duration::from_millis(200)) {
+                self.seen.push(line);
+            }
+        }
+        self.seen.clone()
     }
 
     /// `host:port` of the first address served, in the form the binaries take.

@@ -13,3 +13,4 @@ mod helpers;
 mod python_interop;
 mod raw;
 mod server_lifecycle;
+mod shutdown;
