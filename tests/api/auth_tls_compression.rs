@@ -1,17 +1,13 @@
 //! Bearer-token authentication, TLS and mutual TLS, and compression, through the library client
 //! configured exactly as the `client` binary configures it from flags.
 
-use std::path::Path;
-
 use clap::Parser;
 use formatdata::client::{Client, ClientError};
 use formatdata::config::{ClientArgs, ServerArgs};
 use formatdata::server::ServerConfig;
-use rcgen::{CertificateParams, CertifiedIssuer, KeyPair};
-use tempfile::TempDir;
 use tonic::Code;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Certificates, TestApp, spawn_app, spawn_app_with};
 use crate::raw::{self, DO_FORMAT, data_message, frame};
 
 /// A client for `app` with these flags (and token), as `client FLAGS` would be.
@@ -48,43 +44,6 @@ async fn with_a_token_formatdata_needs_it_and_health_does_not() {
     let right = client(&app, &[], Some("s3cret")).format("x").await.unwrap();
     assert_eq!(right, "X");
     assert_eq!(client(&app, &[], None).health("").await.unwrap(), "SERVING");
-}
-
-/// A CA, a server certificate for localhost and a client certificate, as PEM files.
-pub struct Certificates {
-    pub dir: TempDir,
-}
-
-impl Certificates {
-    pub fn generate() -> Self {
-        let dir = TempDir::new().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        write(dir.path(), "ca.pem", &ca.pem());
-        for (name, subject) in [
-            ("server", "localhost"),
-            ("client", "formatdata-test-client"),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let certificate = CertificateParams::new(vec![subject.to_owned()])
-                .unwrap()
-                .signed_by(&key, &ca)
-                .unwrap();
-            write(dir.path(), &format!("{name}.pem"), &certificate.pem());
-            write(dir.path(), &format!("{name}.key"), &key.serialize_pem());
-        }
-        Self { dir }
-    }
-
-    pub fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-}
-
-fn write(dir: &Path, name: &str, contents: &str) {
-    std::fs::write(dir.join(name), contents).unwrap();
 }
 
 #[tokio::test]

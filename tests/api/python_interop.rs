@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::helpers::{ServerProcess, forward_lines, run_client, stderr, stdout};
+use crate::helpers::{Certificates, ServerProcess, forward_lines, run_client, stderr, stdout};
 
 const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -152,4 +152,174 @@ fn every_unicode_scalar_value_uppercases_as_python_does() {
         "only a few dozen code points changed after Python's Unicode version: {}",
         mismatches.len()
     );
+}
+
+impl Python {
+    /// Runs one check of `operator_checks.py` and returns the JSON object it printed.
+    fn check(&self, check: &str, args: &[&str]) -> serde_json::Value {
+        let output = self.run("operator_checks.py", &[&[check][..], args].concat());
+        assert!(output.status.success(), "{check}: {}", stderr(&output));
+        serde_json::from_slice(&output.stdout).expect("one JSON object")
+    }
+}
+
+#[test]
+fn grpcio_health_checking_sees_serving() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let report = python.check("health", &[&server.addr()]);
+
+    assert_eq!(report["statuses"][""], "SERVING");
+    assert_eq!(report["statuses"]["example.FormatData"], "SERVING");
+}
+
+#[test]
+fn grpcio_watch_sees_not_serving_after_sigterm_and_the_server_exits_zero_within_grace() {
+    let Some(python) = Python::find() else { return };
+    let mut server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--shutdown-grace", "3"]);
+    let mut watcher = python
+        .script("operator_checks.py")
+        .args(["watch", &server.addr()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let updates = forward_lines(watcher.stdout.take().unwrap());
+    let next = || {
+        let line = updates
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a Watch update");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    assert_eq!(next()["status"], "SERVING");
+
+    let signalled = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+
+    assert_eq!(next()["status"], "NOT_SERVING");
+    let status = server.wait_for_exit(Duration::from_secs(3 + 5));
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3 + 2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[test]
+fn grpcio_reflection_finds_the_service_and_the_data_message() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let report = python.check("reflection", &[&server.addr()]);
+
+    let services = report["services"].as_array().unwrap();
+    assert!(
+        services.iter().any(|name| name == "example.FormatData"),
+        "{services:?}"
+    );
+    assert_eq!(report["data_file"], "data.proto");
+    assert!(
+        report["data_messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|name| name == "Data")
+    );
+}
+
+#[test]
+fn grpcio_raw_bytes_get_standard_statuses_and_the_next_call_succeeds() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let report = python.check("raw", &[&server.addr()]);
+
+    for (case, code) in [
+        ("garbage", "INVALID_ARGUMENT"),
+        ("non_utf8", "INVALID_ARGUMENT"),
+        ("five_mib", "RESOURCE_EXHAUSTED"),
+    ] {
+        assert_eq!(report[case]["code"], code, "{case}: {}", report[case]);
+        assert_eq!(report[case]["next_call"], "OK", "{case}");
+        assert_eq!(report[case]["next_reply"], "NEXT", "{case}");
+    }
+}
+
+#[test]
+fn grpcio_over_tls_succeeds_and_plaintext_fails() {
+    let Some(python) = Python::find() else { return };
+    let certs = Certificates::generate();
+    let server = ServerProcess::start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &certs.path("server.pem"),
+        "--tls-key",
+        &certs.path("server.key"),
+    ]);
+
+    let secure = python.check("tls", &[&server.addr(), &certs.path("ca.pem")]);
+    assert_eq!(secure["code"], "OK", "{secure}");
+    assert_eq!(secure["received"], "HELLO,WORLD!");
+    let plain = python.check("plaintext", &[&server.addr()]);
+    assert_ne!(plain["code"], "OK", "{plain}");
+}
+
+#[test]
+fn grpcio_needs_a_client_certificate_under_mutual_tls() {
+    let Some(python) = Python::find() else { return };
+    let certs = Certificates::generate();
+    let server = ServerProcess::start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &certs.path("server.pem"),
+        "--tls-key",
+        &certs.path("server.key"),
+        "--tls-client-ca",
+        &certs.path("ca.pem"),
+    ]);
+
+    let anonymous = python.check("tls", &[&server.addr(), &certs.path("ca.pem")]);
+    assert_ne!(anonymous["code"], "OK", "{anonymous}");
+    let identified = python.check(
+        "tls",
+        &[
+            &server.addr(),
+            &certs.path("ca.pem"),
+            &certs.path("client.pem"),
+            &certs.path("client.key"),
+        ],
+    );
+    assert_eq!(identified["code"], "OK", "{identified}");
+}
+
+#[test]
+fn grpcio_with_the_auth_token_set() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start_with_env(
+        &["--addr", "127.0.0.1:0"],
+        &[("FORMATDATA_AUTH_TOKEN", "s3cret")],
+    );
+
+    let without = python.check("auth", &[&server.addr()]);
+    assert_eq!(without["code"], "UNAUTHENTICATED");
+    assert_eq!(without["health"], "SERVING", "health needs no token");
+    let with = python.check("auth", &[&server.addr(), "s3cret"]);
+    assert_eq!(with["code"], "OK");
+    assert_eq!(with["received"], "HELLO,WORLD!");
+}
+
+#[test]
+fn grpcio_with_gzip_gets_the_right_reply() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let report = python.check("gzip", &[&server.addr()]);
+
+    assert_eq!(report["code"], "OK");
+    assert_eq!(report["received"], "HELLO,WORLD!");
 }
