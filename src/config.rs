@@ -65,8 +65,8 @@ pub struct ServerArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
-    /// Seconds between HTTP/2 pings on idle connections; a peer that does not answer within
-    /// 20 s is dropped. 0 turns pings off.
+    /// Seconds between HTTP/2 keepalive pings; a peer that leaves one unanswered for as long
+    /// (20 s at most) is dropped. 0 turns pings off.
     #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS", default_value_t = 60)]
     pub keepalive_secs: u64,
 

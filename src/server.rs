@@ -202,8 +202,9 @@ pub enum ServeError {
 /// How long a client gets to complete the TLS handshake before its connection is dropped.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a keepalive ping may go unanswered before the peer is considered dead.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest a keepalive ping may go unanswered before the peer is considered dead (gRPC's
+/// default); shorter ping intervals use their own length, so a dead peer goes within two.
+const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -318,7 +319,9 @@ fn http2_builder(config: &ServerConfig) -> http2::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_concurrent_streams)
         .keep_alive_interval(config.keepalive)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+        .keep_alive_timeout(config.keepalive.map_or(MAX_KEEPALIVE_TIMEOUT, |interval| {
+            interval.min(MAX_KEEPALIVE_TIMEOUT)
+        }));
     builder
 }
 

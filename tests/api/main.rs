@@ -6,6 +6,7 @@
 mod auth_tls_compression;
 mod bad_input;
 mod binaries;
+mod connections;
 mod contract;
 mod do_format;
 mod health_reflection;

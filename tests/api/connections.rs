@@ -1,0 +1,50 @@
+//! HTTP/2 connection limits: concurrent streams per connection, and keepalive pings that drop
+//! peers which stopped answering.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::spawn_app_with;
+use crate::raw;
+
+#[tokio::test]
+async fn the_stream_limit_is_announced_to_clients() {
+    let app = spawn_app_with(&["--max-concurrent-streams", "7"], None).await;
+
+    let mut client = raw::connect(app.addr).await;
+    // A whole call guarantees the server's SETTINGS frame has been read.
+    let (response, mut send) = raw::start_call(&mut client, raw::DO_FORMAT, &[]);
+    send.send_data(raw::frame(false, &raw::data_message(b"x")), true)
+        .unwrap();
+    assert_eq!(raw::read_reply(response).await.code(), tonic::Code::Ok);
+
+    assert_eq!(client.current_max_send_streams(), 7);
+}
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    let app = spawn_app_with(&["--keepalive-secs", "1"], None).await;
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    // The HTTP/2 preface and an empty SETTINGS frame; after that this peer reads but never
+    // answers, as a peer behind a dead network path would.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while silent.read(&mut buffer).await.is_ok_and(|read| read > 0) {}
+    })
+    .await;
+
+    assert!(closed.is_ok(), "the server kept a silent peer for 10 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}
