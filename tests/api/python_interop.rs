@@ -248,18 +248,32 @@ fn grpcio_raw_bytes_get_standard_statuses_and_the_next_call_succeeds() {
     }
 }
 
+/// The server binary with the generated certificate, requiring client certificates if `mutual`.
+fn tls_server(certs: &Certificates, mutual: bool) -> ServerProcess {
+    let (cert, key, ca) = (
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem"),
+    );
+    let mut args = vec![
+        "--addr",
+        "127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    if mutual {
+        args.extend(["--tls-client-ca", &ca]);
+    }
+    ServerProcess::start(&args)
+}
+
 #[test]
 fn grpcio_over_tls_succeeds_and_plaintext_fails() {
     let Some(python) = Python::find() else { return };
     let certs = Certificates::generate();
-    let server = ServerProcess::start(&[
-        "--addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &certs.path("server.pem"),
-        "--tls-key",
-        &certs.path("server.key"),
-    ]);
+    let server = tls_server(&certs, false);
 
     let secure = python.check("tls", &[&server.addr(), &certs.path("ca.pem")]);
     assert_eq!(secure["code"], "OK", "{secure}");
@@ -272,16 +286,7 @@ fn grpcio_over_tls_succeeds_and_plaintext_fails() {
 fn grpcio_needs_a_client_certificate_under_mutual_tls() {
     let Some(python) = Python::find() else { return };
     let certs = Certificates::generate();
-    let server = ServerProcess::start(&[
-        "--addr",
-        "127.0.0.1:0",
-        "--tls-cert",
-        &certs.path("server.pem"),
-        "--tls-key",
-        &certs.path("server.key"),
-        "--tls-client-ca",
-        &certs.path("ca.pem"),
-    ]);
+    let server = tls_server(&certs, true);
 
     let anonymous = python.check("tls", &[&server.addr(), &certs.path("ca.pem")]);
     assert_ne!(anonymous["code"], "OK", "{anonymous}");

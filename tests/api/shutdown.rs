@@ -1,7 +1,12 @@
 //! Graceful shutdown: calls already accepted finish, the grace period bounds the wait, and a
 //! second signal ends the process at once.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::SendStream;
+use h2::client::ResponseFuture;
 
 use nix::sys::signal::Signal;
 use tonic::Code;
@@ -36,11 +41,7 @@ async fn a_call_in_progress_when_shutdown_begins_still_gets_its_reply() {
 #[tokio::test]
 async fn calls_still_running_after_the_grace_period_are_cancelled() {
     let app = spawn_app_with(&["--shutdown-grace", "0.3"], None).await;
-    let mut client = raw::connect(app.addr).await;
-    let (response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[]);
-    send.send_data(frame(false, b"never finished").slice(..3), false)
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (response, _send) = unfinished_call(app.addr).await;
 
     let started = Instant::now();
     app.shutdown().await.expect("shutdown still succeeds");
@@ -62,11 +63,7 @@ async fn calls_still_running_after_the_grace_period_are_cancelled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_exits_zero_after_the_grace_period_and_logs_the_cancellation() {
     let mut server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--shutdown-grace", "0.5"]);
-    let mut client = raw::connect(server.addrs[0]).await;
-    let (_response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[]);
-    send.send_data(frame(false, b"never finished").slice(..3), false)
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _call = unfinished_call(server.addrs[0]).await;
 
     let started = Instant::now();
     server.signal(Signal::SIGTERM);
@@ -86,11 +83,7 @@ async fn the_binary_exits_zero_after_the_grace_period_and_logs_the_cancellation(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once() {
     let mut server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--shutdown-grace", "60"]);
-    let mut client = raw::connect(server.addrs[0]).await;
-    let (_response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[]);
-    send.send_data(frame(false, b"never finished").slice(..3), false)
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _call = unfinished_call(server.addrs[0]).await;
 
     server.signal(Signal::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -137,4 +130,15 @@ async fn shutdown_of_an_idle_server_is_immediate() {
     let started = Instant::now();
     app.shutdown().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// A call whose request message never completes, so only shutdown can end it. Returns once the
+/// server has received its first bytes; keep both halves alive for as long as it should run.
+async fn unfinished_call(addr: SocketAddr) -> (ResponseFuture, SendStream<Bytes>) {
+    let mut client = raw::connect(addr).await;
+    let (response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[]);
+    send.send_data(frame(false, b"never finished").slice(..3), false)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (response, send)
 }
