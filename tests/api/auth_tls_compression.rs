@@ -65,6 +65,30 @@ async fn tls_clients_with_the_ca_succeed_and_plaintext_clients_fail() {
 }
 
 #[tokio::test]
+async fn tls_domain_names_the_certificate_when_the_address_does_not() {
+    let certs = Certificates::generate();
+    let (cert, key, ca) = (
+        certs.path("server.pem"),
+        certs.path("server.key"),
+        certs.path("ca.pem"),
+    );
+    let app = spawn_app_with(&["--tls-cert", &cert, "--tls-key", &key], None).await;
+    let by_ip = |flags: &[&str]| {
+        let addr = app.addr.to_string();
+        let base = ["client", "--addr", &addr, "--retries", "0", "--tls-ca", &ca];
+        Client::new(&ClientArgs::try_parse_from(base.iter().chain(flags)).unwrap()).unwrap()
+    };
+
+    // The certificate is for "localhost", not "127.0.0.1".
+    assert!(by_ip(&[]).format("x").await.is_err());
+    let named = by_ip(&["--tls-domain", "localhost"])
+        .format("named")
+        .await
+        .unwrap();
+    assert_eq!(named, "NAMED");
+}
+
+#[tokio::test]
 async fn mutual_tls_needs_a_client_certificate() {
     let certs = Certificates::generate();
     let (cert, key, ca) = (

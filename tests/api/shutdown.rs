@@ -142,3 +142,40 @@ async fn unfinished_call(addr: SocketAddr) -> (ResponseFuture, SendStream<Bytes>
     tokio::time::sleep(Duration::from_millis(100)).await;
     (response, send)
 }
+
+#[tokio::test]
+async fn connected_clients_get_a_goaway() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app().await;
+    let mut peer = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // HTTP/2 preface and an empty SETTINGS frame, then frame by frame, by hand.
+    peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let stopping = tokio::spawn(app.shutdown());
+
+    let mut goaway = false;
+    let mut header = [0u8; 9];
+    // Until the server closes the connection, which it does once its GOAWAY is answered.
+    while peer.read_exact(&mut header).await.is_ok() {
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        if peer.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        match (header[3], header[4]) {
+            (0x7, _) => goaway = true,
+            // Answer the server's PING, as any client would.
+            (0x6, 0) => {
+                let mut ack = vec![0, 0, 8, 0x6, 0x1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = peer.write_all(&ack).await;
+            }
+            _ => {}
+        }
+    }
+
+    assert!(goaway, "the connection ended without a GOAWAY frame");
+    stopping.await.unwrap().unwrap();
+}
