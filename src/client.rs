@@ -5,6 +5,10 @@
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -46,6 +50,18 @@ pub enum ClientError {
     /// The server's reflection service answered something other than what was asked.
     #[error("unexpected reflection reply: {0}")]
     Reflection(String),
+    /// A line of the input to stream cannot be sent: it is not UTF-8 (protobuf strings must be).
+    #[error("input line {line} is not UTF-8")]
+    NotUtf8 { line: u64 },
+    /// Reading the input or writing the replies failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        source: std::io::Error,
+    },
+    /// A stream ended cleanly but without a reply for every request.
+    #[error("the server replied to {received} of {sent} lines")]
+    Incomplete { received: u64, sent: u64 },
 }
 
 /// A channel to one FormatData server, and how to call it.
@@ -103,12 +119,18 @@ impl Client {
         })
     }
 
+    /// The generated stub on this channel, with the compression settings.
+    fn format_data(&self) -> FormatDataClient<Channel> {
+        let stub = FormatDataClient::new(self.channel.clone());
+        match self.compression {
+            Some(encoding) => stub.send_compressed(encoding).accept_compressed(encoding),
+            None => stub,
+        }
+    }
+
     /// Calls `DoFormat` and returns the formatted text.
     pub async fn format(&self, text: &str) -> Result<String, ClientError> {
-        let mut stub = FormatDataClient::new(self.channel.clone());
-        if let Some(encoding) = self.compression {
-            stub = stub.send_compressed(encoding).accept_compressed(encoding);
-        }
+        let stub = self.format_data();
         self.with_retries(|| {
             let mut stub = stub.clone();
             let request = self.request(Data {
@@ -118,6 +140,72 @@ impl Client {
         })
         .await
         .map(|reply| reply.text)
+    }
+
+    /// Streams `input` line by line through `DoFormatStream` and writes each reply to `output`
+    /// as it arrives; returns the number of lines.
+    ///
+    /// Each line is sent with its line ending, so the output is exactly the uppercase of the
+    /// input, a last line without newline included. Memory stays bounded whatever the input's
+    /// length: at most [`LINES_IN_FLIGHT`] lines wait to be sent, and HTTP/2 flow control holds
+    /// the rest. Every reply written was received; if the stream breaks, the error says so
+    /// after the replies that did arrive. No deadline and no retry: a stream is not repeatable.
+    pub async fn format_lines<R, W>(&self, input: R, mut output: W) -> Result<u64, ClientError>
+    where
+        R: AsyncBufRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin,
+    {
+        let write_error = |source| ClientError::Io {
+            context: "cannot write the replies",
+            source,
+        };
+        let (lines, requests) = mpsc::channel(LINES_IN_FLIGHT);
+        let reader = tokio::spawn(read_lines(input, lines));
+        let mut request = Request::new(ReceiverStream::new(requests));
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        let mut replies = self
+            .format_data()
+            .do_format_stream(request)
+            .await
+            .map_err(|status| self.error(status))?
+            .into_inner();
+
+        let mut received = 0;
+        loop {
+            // Flush only when no reply is waiting: one write per burst, not per line, yet each
+            // reply reaches the pipe as soon as the stream pauses.
+            let next = match replies.message().now_or_never() {
+                Some(next) => next,
+                None => {
+                    output.flush().await.map_err(write_error)?;
+                    replies.message().await
+                }
+            };
+            match next {
+                Ok(Some(reply)) => {
+                    output
+                        .write_all(reply.text.as_bytes())
+                        .await
+                        .map_err(write_error)?;
+                    received += 1;
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    output.flush().await.map_err(write_error)?;
+                    return Err(self.error(status));
+                }
+            }
+        }
+        output.flush().await.map_err(write_error)?;
+        let sent = reader.await.expect("the line reader does not panic")?;
+        if received != sent {
+            return Err(ClientError::Incomplete { received, sent });
+        }
+        Ok(received)
     }
 
     /// Asks the health service about `service` ("" for the whole server) and returns the
@@ -220,6 +308,36 @@ impl Client {
             };
         }
         status.into()
+    }
+}
+
+/// How many lines may be read ahead of what the server has taken.
+pub const LINES_IN_FLIGHT: usize = 64;
+
+/// Sends each line of `input`, line ending included, as one request; returns how many.
+async fn read_lines<R>(mut input: R, lines: mpsc::Sender<Data>) -> Result<u64, ClientError>
+where
+    R: AsyncBufRead + Unpin,
+{
+    let mut count = 0;
+    loop {
+        let mut line = Vec::new();
+        let read = input
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(|source| ClientError::Io {
+                context: "cannot read the input",
+                source,
+            })?;
+        if read == 0 {
+            return Ok(count);
+        }
+        count += 1;
+        let text = String::from_utf8(line).map_err(|_| ClientError::NotUtf8 { line: count })?;
+        if lines.send(Data { text }).await.is_err() {
+            // The call ended early; its error is what gets reported.
+            return Ok(count);
+        }
     }
 }
 

@@ -127,6 +127,11 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "FORMATDATA_COMPRESS", value_enum)]
     pub compress: Option<Compression>,
 
+    /// Stream stdin through DoFormatStream instead: each line is sent as it is read, and each
+    /// reply written to stdout as it arrives, in order (`cat in.txt | client --stream > out.txt`).
+    #[arg(long, conflicts_with = "text")]
+    pub stream: bool,
+
     /// Text to send; several words are joined by single spaces.
     #[arg(default_value = DEFAULT_TEXT)]
     pub text: Vec<String>,

@@ -101,15 +101,14 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         Box::pin(async move {
+            let expires = deadline.map(|deadline| (deadline, Instant::now() + deadline));
             let reply = inner.call(request);
-            let mut response = match deadline {
+            let mut response = match expires {
                 None => reply.await?,
-                Some(deadline) => match tokio::time::timeout(deadline, reply).await {
+                Some((deadline, at)) => match tokio::time::timeout_at(at.into(), reply).await {
                     Ok(response) => response?,
                     // Dropping the reply future cancels the handler: nobody waits for it.
-                    Err(_) => status_response(&Status::deadline_exceeded(format!(
-                        "deadline of {deadline:?} (grpc-timeout) exceeded"
-                    ))),
+                    Err(_) => status_response(&deadline_exceeded(deadline)),
                 },
             };
             // A "trailers-only" response carries its status in the headers: the call ended
@@ -118,10 +117,16 @@ where
                 call.finish(&status);
                 return Ok(response);
             }
+            // A streaming reply goes on after its headers: the deadline applies to it too.
+            let deadline = expires.map(|(deadline, at)| Deadline {
+                duration: deadline,
+                timer: Box::pin(tokio::time::sleep_until(at.into())),
+            });
             Ok(response.map(|body| {
                 Body::new(LoggedBody {
                     inner: body,
                     call: Some(call),
+                    deadline,
                 })
             }))
         })
@@ -178,12 +183,24 @@ impl Drop for CallLog {
     }
 }
 
+fn deadline_exceeded(deadline: Duration) -> Status {
+    Status::deadline_exceeded(format!("deadline of {deadline:?} (grpc-timeout) exceeded"))
+}
+
+/// The caller's deadline, while a reply body is still being sent.
+struct Deadline {
+    duration: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
 pin_project_lite::pin_project! {
-    /// A reply body that logs the call when its trailers (and so its status) go out.
+    /// A reply body that logs the call when its trailers (and so its status) go out, and ends
+    /// it with DEADLINE_EXCEEDED if the caller's deadline passes first.
     struct LoggedBody {
         #[pin]
         inner: Body,
         call: Option<CallLog>,
+        deadline: Option<Deadline>,
     }
 }
 
@@ -196,6 +213,21 @@ impl HttpBody for LoggedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        if this.call.is_none() {
+            // Finished: by its own trailers, an error, or the deadline.
+            return Poll::Ready(None);
+        }
+        if let Some(deadline) = this.deadline
+            && deadline.timer.as_mut().poll(cx).is_ready()
+        {
+            let status = deadline_exceeded(deadline.duration);
+            let mut trailers = HeaderMap::new();
+            set_status_headers(&mut trailers, &status);
+            if let Some(call) = this.call.take() {
+                call.finish(&status);
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         let frame = ready!(this.inner.poll_frame(cx));
         let frame = match frame {
             Some(Ok(frame)) => match frame.into_trailers() {
@@ -215,13 +247,19 @@ impl HttpBody for LoggedBody {
                 }
                 return Poll::Ready(Some(Err(status)));
             }
-            None => return Poll::Ready(None),
+            None => {
+                // Ended without trailers: not a valid gRPC reply, but nothing more to log.
+                if let Some(call) = this.call.take() {
+                    call.finish(&Status::unknown("reply ended without grpc-status"));
+                }
+                return Poll::Ready(None);
+            }
         };
         Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.call.is_none() || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

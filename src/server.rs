@@ -313,10 +313,26 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
+/// has read. The protocol's default, as grpc-go uses; it bounds a stalled stream's buffer.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// HTTP/2 flow-control window of a whole connection.
+///
+/// Larger than the streams' sum would need, on purpose: h2 drops a connection (GOAWAY
+/// ENHANCE_YOUR_CALM "too_many_data_frames") when it holds more small DATA frames than a budget
+/// of half this window allows. A grpcio client streaming tiny messages to a service that reads
+/// them at the pace of its replies (`DoFormatStream`, flow-controlled) fills a stream window with
+/// thousands of frames: 64 KiB of 25-byte messages costs ~0.6 M of that budget, so 16 MiB
+/// (8 M) leaves room for a dozen such stalled streams per connection.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 fn http2_builder(config: &ServerConfig) -> http2::Builder<TokioExecutor> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(config.max_concurrent_streams)
         .keep_alive_interval(config.keepalive)
         .keep_alive_timeout(config.keepalive.map_or(MAX_KEEPALIVE_TIMEOUT, |interval| {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use formatdata::client::{Client, ClientError};
 use formatdata::config::{ClientArgs, ClientCommand, LogFormat};
 use formatdata::telemetry;
+use tokio::io::{BufReader, BufWriter};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,6 +24,11 @@ async fn main() -> ExitCode {
 async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
     let client = Client::new(args)?;
     match &args.command {
+        None if args.stream => {
+            let stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
+            let stdout = BufWriter::with_capacity(64 * 1024, tokio::io::stdout());
+            client.format_lines(stdin, stdout).await?;
+        }
         None => println!("received: {}", client.format(&args.text()).await?),
         Some(ClientCommand::Health { service }) => {
             let status = client.health(service).await?;

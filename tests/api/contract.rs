@@ -42,6 +42,16 @@ fn descriptor_set_describes_the_tutorials_contract() {
     assert_eq!(method.output_type(), ".example.Data");
     assert!(!method.client_streaming() && !method.server_streaming());
 
+    // Added later, and only added: old clients never see a change.
+    let stream = service
+        .method
+        .iter()
+        .find(|method| method.name() == "DoFormatStream")
+        .expect("rpc DoFormatStream");
+    assert_eq!(stream.input_type(), ".example.Data");
+    assert_eq!(stream.output_type(), ".example.Data");
+    assert!(stream.client_streaming() && stream.server_streaming());
+
     let data = file
         .message_type
         .iter()

@@ -15,3 +15,4 @@ mod python_interop;
 mod raw;
 mod server_lifecycle;
 mod shutdown;
+mod streaming;

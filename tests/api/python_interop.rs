@@ -328,3 +328,50 @@ fn grpcio_with_gzip_gets_the_right_reply() {
     assert_eq!(report["code"], "OK");
     assert_eq!(report["received"], "HELLO,WORLD!");
 }
+
+#[test]
+fn grpcio_streams_100k_messages_and_gets_every_reply_in_order() {
+    let Some(python) = Python::find() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let report = python.check("stream", &[&server.addr(), "100000"]);
+
+    assert_eq!(report["received"], 100_000);
+    assert_eq!(report["in_order"], true);
+}
+
+#[test]
+fn grpcio_stream_opened_before_sigterm_gets_every_later_reply_and_the_server_exits_zero() {
+    let Some(python) = Python::find() else { return };
+    let mut server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--shutdown-grace", "20"]);
+    let mut streamer = python
+        .script("operator_checks.py")
+        .args(["stream_across_shutdown", &server.addr()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = forward_lines(streamer.stdout.take().unwrap());
+    let next = || {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a report line");
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    assert_eq!(next()["open"], "BEFORE");
+
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(200));
+    use std::io::Write;
+    streamer.stdin.take().unwrap().write_all(b"go\n").unwrap();
+
+    let report = next();
+    assert_eq!(report["code"], "OK", "{report}");
+    assert_eq!(report["replies_after"], 100);
+    assert_eq!(report["all_right"], true);
+    assert_eq!(
+        server.wait_for_exit(Duration::from_secs(20)).code(),
+        Some(0)
+    );
+    let _ = streamer.wait();
+}

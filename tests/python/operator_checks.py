@@ -121,12 +121,55 @@ def gzip(target):
     call_and_emit(data_pb2_grpc.FormatDataStub(channel))
 
 
+def stream(target, count):
+    """Streams COUNT messages through DoFormatStream; checks every reply, in order."""
+    stub = data_pb2_grpc.FormatDataStub(grpc.insecure_channel(target))
+    count = int(count)
+    requests = (data_pb2.Data(text="message %d \u00df" % n) for n in range(count))
+    received = 0
+    in_order = True
+    for n, reply in enumerate(stub.DoFormatStream(requests)):
+        in_order = in_order and reply.text == "MESSAGE %d SS" % n
+        received += 1
+    emit(received=received, in_order=in_order)
+
+
+def stream_across_shutdown(target):
+    """Opens a stream, says "open", then waits for a line on stdin (sent once the server has
+    been told to stop) before sending more messages on the same stream."""
+    import queue
+    import threading
+
+    stub = data_pb2_grpc.FormatDataStub(grpc.insecure_channel(target))
+    outbox = queue.Queue()
+    requests = iter(outbox.get, None)
+    replies = stub.DoFormatStream(requests)
+    outbox.put(data_pb2.Data(text="before"))
+    first = next(replies).text
+    emit(open=first)
+    sys.stdin.readline()
+    after = ["after %d" % n for n in range(100)]
+    got = []
+
+    def send():
+        for text in after:
+            outbox.put(data_pb2.Data(text=text))
+        outbox.put(None)
+
+    threading.Thread(target=send).start()
+    code, _ = code_of(lambda: got.extend(reply.text for reply in replies))
+    emit(code=code, replies_after=len(got), all_right=got == [t.upper() for t in after])
+
+
 def call_and_emit(stub):
     code, reply = code_of(lambda: stub.DoFormat(data_pb2.Data(text="hello,world!"), timeout=10))
     emit(code=code, received=reply.text if code == "OK" else "")
 
 
-CHECKS = {f.__name__: f for f in [health, watch, reflection, raw, tls, plaintext, auth, gzip]}
+CHECKS = {
+    f.__name__: f
+    for f in [health, watch, reflection, raw, tls, plaintext, auth, gzip, stream, stream_across_shutdown]
+}
 
 if __name__ == "__main__":
     CHECKS[sys.argv[1]](*sys.argv[2:])
