@@ -120,7 +120,7 @@ impl Client {
     }
 
     /// The generated stub on this channel, with the compression settings.
-    fn format_data(&self) -> FormatDataClient<Channel> {
+    pub(crate) fn format_data(&self) -> FormatDataClient<Channel> {
         let stub = FormatDataClient::new(self.channel.clone());
         match self.compression {
             Some(encoding) => stub.send_compressed(encoding).accept_compressed(encoding),
@@ -161,12 +161,7 @@ impl Client {
         };
         let (lines, requests) = mpsc::channel(LINES_IN_FLIGHT);
         let reader = tokio::spawn(read_lines(input, lines));
-        let mut request = Request::new(ReceiverStream::new(requests));
-        if let Some(authorization) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
+        let request = self.stream_request(ReceiverStream::new(requests));
         let mut replies = self
             .format_data()
             .do_format_stream(request)
@@ -255,8 +250,19 @@ impl Client {
         }
     }
 
+    /// A streaming request: the token, but no deadline, as a stream may rightly run for hours.
+    pub(crate) fn stream_request<S>(&self, messages: S) -> Request<S> {
+        let mut request = Request::new(messages);
+        if let Some(authorization) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", authorization.clone());
+        }
+        request
+    }
+
     /// A request carrying the deadline and the token.
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(self.timeout);
         if let Some(authorization) = &self.authorization {
@@ -293,7 +299,7 @@ impl Client {
     }
 
     /// The error to report for a failed call.
-    fn error(&self, status: Status) -> ClientError {
+    pub(crate) fn error(&self, status: Status) -> ClientError {
         if is_local_deadline(&status) {
             return Status::deadline_exceeded(format!("no reply within {:?}", self.timeout)).into();
         }

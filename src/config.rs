@@ -171,6 +171,49 @@ pub enum ClientCommand {
     },
     /// Lists the services the server offers, through gRPC reflection.
     List,
+    /// Load-tests the server: N calls in flight over C connections, then a latency report.
+    Bench(BenchArgs),
+}
+
+/// How `client bench` loads the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// HTTP/2 connections to spread the calls over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub connections: u32,
+
+    /// Calls in flight at any time (with --stream: open streams, one message in flight each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub concurrency: u32,
+
+    /// Seconds to run [default: 10 unless --requests is given].
+    #[arg(long, value_parser = parse_positive_seconds, conflicts_with = "requests")]
+    pub duration: Option<Duration>,
+
+    /// Calls to make in all, instead of running for a duration.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+
+    /// Text of every request [default: hello,world!].
+    #[arg(long, conflicts_with = "payload_bytes")]
+    pub text: Option<String>,
+
+    /// Send this many bytes of lowercase ASCII text instead of --text.
+    #[arg(long)]
+    pub payload_bytes: Option<usize>,
+
+    /// Send messages over long-lived DoFormatStream streams instead of unary calls.
+    #[arg(long)]
+    pub stream: bool,
+
+    /// Calls per second to aim for, in all; latency is then measured from when each call was
+    /// due, so a stalled server cannot hide its stalls (coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

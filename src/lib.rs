@@ -15,6 +15,7 @@
 //! - [`tls`]: rustls configuration for the server and the client.
 //! - [`client`]: calling a server (DoFormat with retries, health, reflection), with errors a
 //!   person can read.
+//! - [`bench`]: `client bench`, the load generator and its report.
 //! - [`config`]: the command-line flags (and `FORMATDATA_*` variables) of both binaries.
 //! - [`shutdown`]: the signals that stop the server.
 //! - [`telemetry`]: log output for the binaries.
@@ -22,6 +23,7 @@
 //! The binaries in `src/bin/` only parse flags, set up logging and call into these modules.
 
 pub mod auth;
+pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;

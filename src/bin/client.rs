@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use formatdata::client::{Client, ClientError};
 use formatdata::config::{ClientArgs, ClientCommand, LogFormat};
-use formatdata::telemetry;
+use formatdata::{bench, telemetry};
 use tokio::io::{BufReader, BufWriter};
 
 #[tokio::main]
@@ -40,6 +40,14 @@ async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
         Some(ClientCommand::List) => {
             for service in client.list_services().await? {
                 println!("{service}");
+            }
+        }
+        Some(ClientCommand::Bench(bench_args)) => {
+            let report = bench::run(args, bench_args).await?;
+            if bench_args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
             }
         }
     }

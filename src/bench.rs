@@ -1,0 +1,358 @@
+//! `client bench`: a load generator in the spirit of ghz and h2load. N calls in flight over C
+//! HTTP/2 connections, unary or over long-lived streams, every reply verified, latency in an HDR
+//! histogram, optionally at a fixed rate with coordinated-omission correction.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::client::{Client, ClientError, code_name};
+use crate::config::{BenchArgs, ClientArgs, DEFAULT_TEXT};
+use crate::pb::Data;
+use crate::uppercase::uppercase;
+
+/// How long to run when neither --duration nor --requests is given.
+const DEFAULT_DURATION: Duration = Duration::from_secs(10);
+
+/// Highest latency the histogram tracks exactly (longer ones are clamped to it): one minute.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// The error key for a reply that arrived but is not the uppercase of what was sent.
+const WRONG_REPLY: &str = "WRONG_REPLY";
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Calls completed, successful or not.
+    pub requests: u64,
+    /// Failed calls by gRPC code name (or WRONG_REPLY).
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Wall time from the first call to the last reply.
+    pub elapsed: Duration,
+    /// Latency of successful calls, in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl Report {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The report as `client bench --json` prints it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let latency = &self.latency;
+        serde_json::json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "rps": self.rps(),
+            "latency_us": {
+                "min": latency.min(),
+                "p50": latency.value_at_quantile(0.5),
+                "p90": latency.value_at_quantile(0.9),
+                "p99": latency.value_at_quantile(0.99),
+                "p999": latency.value_at_quantile(0.999),
+                "max": latency.max(),
+            },
+        })
+    }
+
+    /// The report as a few aligned lines for people.
+    pub fn to_text(&self) -> String {
+        let latency = &self.latency;
+        let errors: u64 = self.errors.values().sum();
+        let mut text = format!(
+            "requests     {}\nelapsed      {:.2} s\nrps          {:.0}\nerrors       {errors}\n",
+            self.requests,
+            self.elapsed.as_secs_f64(),
+            self.rps(),
+        );
+        for (code, count) in &self.errors {
+            text.push_str(&format!("  {code:<18} {count}\n"));
+        }
+        text.push_str(&format!(
+            "latency (us) min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
+            latency.min(),
+            latency.value_at_quantile(0.5),
+            latency.value_at_quantile(0.9),
+            latency.value_at_quantile(0.99),
+            latency.value_at_quantile(0.999),
+            latency.max(),
+        ));
+        text
+    }
+}
+
+/// When calls may start and when the run is over; shared by all workers.
+struct Plan {
+    started: Instant,
+    /// Run until then (duration mode).
+    until: Option<Instant>,
+    /// Calls not yet claimed (requests mode).
+    remaining: Option<AtomicU64>,
+    /// Time between two calls of one worker, at a fixed rate.
+    interval: Option<Duration>,
+    /// Calls completed so far, for the progress bar.
+    completed: AtomicU64,
+}
+
+impl Plan {
+    /// Claims the next call of a worker that has made `made` calls. `None`: the run is over.
+    /// `Some(due)`: when the call is due (`None` when there is no fixed rate).
+    fn next(&self, worker: u32, workers: u32, made: u64) -> Option<Option<Instant>> {
+        let due = self.interval.map(|interval| {
+            // Workers are staggered across one interval so the rate is smooth.
+            self.started + interval.mul_f64(made as f64 + f64::from(worker) / f64::from(workers))
+        });
+        if self
+            .until
+            .is_some_and(|until| due.unwrap_or_else(Instant::now) >= until)
+        {
+            return None;
+        }
+        if let Some(remaining) = &self.remaining {
+            remaining
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(1)
+                })
+                .ok()?;
+        }
+        Some(due)
+    }
+}
+
+/// What one worker saw.
+struct Tally {
+    requests: u64,
+    errors: BTreeMap<&'static str, u64>,
+    latency: Histogram<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            requests: 0,
+            errors: BTreeMap::new(),
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds"),
+        }
+    }
+
+    fn record(&mut self, since: Instant, outcome: Result<bool, &Status>) {
+        self.requests += 1;
+        match outcome {
+            Ok(true) => {
+                let micros = since
+                    .elapsed()
+                    .as_micros()
+                    .clamp(1, u128::from(MAX_LATENCY_US));
+                self.latency.saturating_record(micros as u64);
+            }
+            Ok(false) => *self.errors.entry(WRONG_REPLY).or_default() += 1,
+            Err(status) => *self.errors.entry(code_name(status.code())).or_default() += 1,
+        }
+    }
+}
+
+/// Runs the benchmark described by `bench`, against the server and with the connection
+/// settings of `client_args`.
+pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, ClientError> {
+    let text = match (&bench.text, bench.payload_bytes) {
+        (Some(text), _) => text.clone(),
+        (None, Some(bytes)) => "abcdefghijklmnopqrstuvwxyz "
+            .chars()
+            .cycle()
+            .take(bytes)
+            .collect(),
+        (None, None) => DEFAULT_TEXT.to_owned(),
+    };
+    let expected: Arc<str> = uppercase(text.clone()).into();
+    let connections = (0..bench.connections)
+        .map(|_| Client::new(client_args))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let duration = bench
+        .duration
+        .or(bench.requests.is_none().then_some(DEFAULT_DURATION));
+    let started = Instant::now();
+    let plan = Arc::new(Plan {
+        started,
+        until: duration.map(|duration| started + duration),
+        remaining: bench.requests.map(AtomicU64::new),
+        interval: bench
+            .rate
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| Duration::from_secs_f64(f64::from(bench.concurrency) / rate)),
+        completed: AtomicU64::new(0),
+    });
+    let progress = progress_bar(bench, duration, plan.clone());
+
+    let workers: Vec<_> = (0..bench.concurrency)
+        .map(|worker| {
+            let client = connections[(worker % bench.connections) as usize].clone();
+            let (plan, text, expected) = (plan.clone(), text.clone(), expected.clone());
+            let workers = bench.concurrency;
+            if bench.stream {
+                tokio::spawn(stream_worker(client, plan, worker, workers, text, expected))
+            } else {
+                tokio::spawn(unary_worker(client, plan, worker, workers, text, expected))
+            }
+        })
+        .collect();
+
+    let mut report = Report {
+        requests: 0,
+        errors: BTreeMap::new(),
+        elapsed: Duration::ZERO,
+        latency: Tally::new().latency,
+    };
+    for worker in workers {
+        let tally = worker.await.expect("bench workers do not panic");
+        report.requests += tally.requests;
+        for (code, count) in tally.errors {
+            *report.errors.entry(code).or_default() += count;
+        }
+        report.latency.add(&tally.latency).expect("same bounds");
+    }
+    report.elapsed = started.elapsed();
+    progress.abort();
+    Ok(report)
+}
+
+async fn unary_worker(
+    client: Client,
+    plan: Arc<Plan>,
+    worker: u32,
+    workers: u32,
+    text: String,
+    expected: Arc<str>,
+) -> Tally {
+    let mut stub = client.format_data();
+    let mut tally = Tally::new();
+    while let Some(due) = plan.next(worker, workers, tally.requests) {
+        let since = wait_until(due).await;
+        let request = client.request(Data { text: text.clone() });
+        let outcome = stub.do_format(request).await;
+        tally.record(
+            since,
+            outcome
+                .as_ref()
+                .map(|reply| *reply.get_ref().text == *expected),
+        );
+        plan.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    tally
+}
+
+/// Ping-pong over one long-lived stream: send a message, wait for its reply, repeat. A broken
+/// stream is counted as an error and replaced.
+async fn stream_worker(
+    client: Client,
+    plan: Arc<Plan>,
+    worker: u32,
+    workers: u32,
+    text: String,
+    expected: Arc<str>,
+) -> Tally {
+    let mut stub = client.format_data();
+    let mut tally = Tally::new();
+    let mut stream = None;
+    while let Some(due) = plan.next(worker, workers, tally.requests) {
+        let since = wait_until(due).await;
+        let outcome = async {
+            if stream.is_none() {
+                let (sender, receiver) = mpsc::channel(1);
+                let replies = stub
+                    .do_format_stream(client.stream_request(ReceiverStream::new(receiver)))
+                    .await?
+                    .into_inner();
+                stream = Some((sender, replies));
+            }
+            let (sender, replies) = stream.as_mut().expect("just opened");
+            let sent = sender.send(Data { text: text.clone() }).await;
+            if sent.is_err() {
+                return Err(Status::unavailable("stream closed"));
+            }
+            match replies.message().await? {
+                Some(reply) => Ok(*reply.text == *expected),
+                None => Err(Status::unavailable("stream ended early")),
+            }
+        }
+        .await;
+        if outcome.is_err() {
+            stream = None;
+        }
+        tally.record(since, outcome.as_ref().copied());
+        plan.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    tally
+}
+
+/// Waits until `due` (if any); returns when the call counts as started.
+///
+/// A worker already late when its call falls due was held up by slow replies: the call counts
+/// from when it was due, so the server's stall shows in the latency (coordinated omission). A
+/// worker that had to sleep counts from when it woke, so the timer's own millisecond
+/// granularity is not blamed on the server.
+async fn wait_until(due: Option<Instant>) -> Instant {
+    match due {
+        Some(due) if due > Instant::now() => {
+            tokio::time::sleep_until(due).await;
+            Instant::now()
+        }
+        Some(due) => due,
+        None => Instant::now(),
+    }
+}
+
+/// A progress bar on stderr, updated ten times a second; indicatif hides it when stderr is not
+/// a terminal. Abort the returned task to stop it.
+fn progress_bar(
+    bench: &BenchArgs,
+    duration: Option<Duration>,
+    plan: Arc<Plan>,
+) -> tokio::task::JoinHandle<()> {
+    let (length, style) = match (duration, bench.requests) {
+        (Some(duration), _) => (
+            duration.as_millis() as u64,
+            "{bar:40} {elapsed}/{duration} {msg}",
+        ),
+        (None, requests) => (requests.unwrap_or(0), "{bar:40} {pos}/{len} calls {msg}"),
+    };
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    bar.set_style(ProgressStyle::with_template(style).expect("valid template"));
+    let by_time = duration.is_some();
+    tokio::spawn(async move {
+        let _clear = ClearOnDrop(bar.clone());
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            ticks.tick().await;
+            let completed = plan.completed.load(Ordering::Relaxed);
+            let elapsed = plan.started.elapsed();
+            bar.set_position(if by_time {
+                elapsed.as_millis() as u64
+            } else {
+                completed
+            });
+            bar.set_message(format!(
+                "{completed} calls, {:.0}/s",
+                completed as f64 / elapsed.as_secs_f64().max(0.001)
+            ));
+        }
+    })
+}
+
+/// Clears the progress bar when its task is aborted.
+struct ClearOnDrop(ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
