@@ -70,6 +70,10 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS", default_value_t = 60)]
     pub keepalive_secs: u64,
 
+    /// Worker threads [default: one per CPU this process may run on].
+    #[arg(long, env = "FORMATDATA_THREADS")]
+    pub threads: Option<std::num::NonZeroUsize>,
+
     /// Bearer token required on FormatData calls; read from FORMATDATA_AUTH_TOKEN only.
     #[arg(skip)]
     pub auth_token: Option<String>,

@@ -17,6 +17,7 @@
 //!   person can read.
 //! - [`bench`]: `client bench`, the load generator and its report.
 //! - [`config`]: the command-line flags (and `FORMATDATA_*` variables) of both binaries.
+//! - [`runtime`]: the tokio runtime, sized to the CPUs the server may use.
 //! - [`shutdown`]: the signals that stop the server.
 //! - [`telemetry`]: log output for the binaries.
 //!
@@ -28,6 +29,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod middleware;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod shutdown;

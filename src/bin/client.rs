@@ -3,6 +3,12 @@
 
 use std::process::ExitCode;
 
+// mimalloc: a call allocates a few dozen small objects (tasks, header maps, buffers) and frees
+// them on another poll; mimalloc's thread-local free lists make that much cheaper than glibc's
+// malloc (see CONTRIBUTING.md, "Performance").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use formatdata::client::{Client, ClientError};
 use formatdata::config::{ClientArgs, ClientCommand, LogFormat};
 use formatdata::{bench, telemetry};
