@@ -10,6 +10,7 @@
 //! - [`service`]: the `FormatData` service implementation, shared by every server.
 //! - [`server`]: binding the listening sockets, then serving FormatData, health and reflection
 //!   over HTTP/2 (optionally TLS) until shutdown, with a grace period for calls in progress.
+//! - [`fast_path`]: unary DoFormat handled directly, the benchmark's hot path.
 //! - [`middleware`]: around every call: gRPC-only, deadlines, standard status codes, call logs.
 //! - [`auth`]: the bearer-token check on FormatData calls.
 //! - [`tls`]: rustls configuration for the server and the client.
@@ -28,6 +29,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod fast_path;
 pub mod middleware;
 pub mod runtime;
 pub mod server;

@@ -58,13 +58,11 @@ pub struct Calls<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S> Service<Request<Body>> for Calls<S>
+impl<S, B> Service<Request<B>> for Calls<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
+    B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -74,7 +72,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let call = CallLog::start(request.uri().path(), self.in_flight.clone());
 
         if !is_grpc(request.headers()) {
@@ -309,7 +307,8 @@ fn status_response(status: &Status) -> Response<Body> {
     response
 }
 
-fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
+/// Sets `grpc-status` and `grpc-message` (percent-encoded) for `status`.
+pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
     // tonic's own encoder (percent-encoding the message) keeps the two in agreement.
     let encoded = Status::new(status.code(), status.message())
         .into_http::<()>()

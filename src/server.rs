@@ -34,6 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::RequireBearer;
 use crate::config::{HostPort, ServerArgs};
+use crate::fast_path::FastPath;
 use crate::middleware::{CallsLayer, InFlight};
 use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
@@ -230,10 +231,13 @@ pub async fn run(
         .add_service(reflection().build_v1alpha()?)
         .prepare();
     let service = ServiceBuilder::new()
-        .map_request(|request: http::Request<Incoming>| request.map(Body::new))
         .layer(CallsLayer {
             in_flight: in_flight.clone(),
         })
+        .layer_fn(|routes| {
+            FastPath::new(routes, !config.auth.is_enabled(), config.max_message_bytes)
+        })
+        .map_request(|request: http::Request<Incoming>| request.map(Body::new))
         .service(routes);
     let http2 = http2_builder(&config);
     log_startup(&listeners, &config);

@@ -38,7 +38,8 @@ impl FormatData for FormatDataService {
     }
 }
 
-fn format(Data { text }: Data) -> Data {
+/// What `DoFormat` does to one message; shared with [`crate::fast_path`].
+pub(crate) fn format(Data { text }: Data) -> Data {
     Data {
         text: uppercase(text),
     }
