@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
+use http::HeaderValue;
+use http::header::{AUTHORIZATION, CONTENT_TYPE};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -193,12 +197,25 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
     });
     let progress = progress_bar(bench, duration, plan.clone());
 
+    // Plain unary calls take the lean path (see `RawUnary`); TLS, compression and streams
+    // need tonic's client.
+    let raw = !bench.stream && !client_args.uses_tls() && client_args.compress.is_none();
+    let mut raw_connections = Vec::new();
+    if raw {
+        for _ in 0..bench.connections {
+            raw_connections.push(RawUnary::connect(client_args, &text, &expected).await?);
+        }
+    }
     let workers: Vec<_> = (0..bench.concurrency)
         .map(|worker| {
-            let client = connections[(worker % bench.connections) as usize].clone();
+            let connection = (worker % bench.connections) as usize;
+            let client = connections[connection].clone();
             let (plan, text, expected) = (plan.clone(), text.clone(), expected.clone());
             let workers = bench.concurrency;
-            if bench.stream {
+            if raw {
+                let raw = raw_connections[connection].clone();
+                tokio::spawn(raw_unary_worker(raw, plan, worker, workers))
+            } else if bench.stream {
                 tokio::spawn(stream_worker(client, plan, worker, workers, text, expected))
             } else {
                 tokio::spawn(unary_worker(client, plan, worker, workers, text, expected))
@@ -245,6 +262,138 @@ async fn unary_worker(
                 .as_ref()
                 .map(|reply| *reply.get_ref().text == *expected),
         );
+        plan.completed.fetch_add(1, Ordering::Relaxed);
+    }
+    tally
+}
+
+/// Unary DoFormat straight over an h2 connection: the request framed once and reused, the reply
+/// compared byte for byte with the one expected. A load generator must cost less than the
+/// server it loads; tonic's channel (a buffer task, codec streams, boxed bodies per call) and
+/// even hyper's client (a channel hop to the connection task per call) cost about as much per
+/// call as our server does; h2's own client API costs a fraction (see CONTRIBUTING.md).
+#[derive(Clone)]
+struct RawUnary {
+    sender: h2::client::SendRequest<Bytes>,
+    uri: http::Uri,
+    /// The framed request: compression flag, length, `Data { text }`.
+    request: Bytes,
+    /// The framed reply a correct server sends.
+    expected: Bytes,
+    /// The uppercase text, for replies encoded differently but equal.
+    expected_text: Arc<str>,
+    headers: http::HeaderMap,
+}
+
+impl RawUnary {
+    async fn connect(
+        args: &ClientArgs,
+        text: &str,
+        expected: &Arc<str>,
+    ) -> Result<Self, ClientError> {
+        let connect_error = |reason: String| ClientError::Connect {
+            addr: args.addr.clone(),
+            reason,
+        };
+        let tcp = tokio::time::timeout(
+            args.timeout,
+            tokio::net::TcpStream::connect((args.addr.host.as_str(), args.addr.port)),
+        )
+        .await
+        .map_err(|_| connect_error(format!("no connection within {:?}", args.timeout)))?
+        .map_err(|error| connect_error(error.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|error| connect_error(error.to_string()))?;
+        tokio::spawn(connection);
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("te", HeaderValue::from_static("trailers"));
+        let timeout = format!("{}m", args.timeout.as_millis().clamp(1, 99_999_999));
+        headers.insert(
+            "grpc-timeout",
+            HeaderValue::from_str(&timeout).expect("digits"),
+        );
+        if let Some(token) = &args.auth_token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::BadToken)?;
+            headers.insert(AUTHORIZATION, value);
+        }
+        Ok(Self {
+            sender,
+            uri: format!("http://{}/example.FormatData/DoFormat", args.addr)
+                .parse()
+                .map_err(|error: http::uri::InvalidUri| connect_error(error.to_string()))?,
+            request: framed(text),
+            expected: framed(expected),
+            expected_text: expected.clone(),
+            headers,
+        })
+    }
+
+    /// One call: `Ok(true)` for the right reply, `Ok(false)` for a wrong one.
+    async fn call(&self) -> Result<bool, Status> {
+        let unavailable = |error: h2::Error| Status::unavailable(error.to_string());
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        // Waits while the connection is at its concurrent-stream limit.
+        let mut sender = self.sender.clone().ready().await.map_err(unavailable)?;
+        let (response, mut body) = sender.send_request(request, false).map_err(unavailable)?;
+        body.send_data(self.request.clone(), true)
+            .map_err(unavailable)?;
+        let (head, mut reply) = response.await.map_err(unavailable)?.into_parts();
+        if let Some(status) = Status::from_header_map(&head.headers) {
+            // Trailers-only: the call failed before any reply.
+            return Err(status);
+        }
+        let mut body = Bytes::new();
+        while let Some(chunk) = reply.data().await {
+            let chunk = chunk.map_err(unavailable)?;
+            let _ = reply.flow_control().release_capacity(chunk.len());
+            body = if body.is_empty() {
+                chunk
+            } else {
+                [body, chunk].concat().into()
+            };
+        }
+        let status = reply
+            .trailers()
+            .await
+            .map_err(unavailable)?
+            .as_ref()
+            .and_then(Status::from_header_map)
+            .unwrap_or_else(|| Status::unknown("reply without grpc-status"));
+        if status.code() != tonic::Code::Ok {
+            return Err(status);
+        }
+        Ok(body == self.expected
+            || body.len() >= 5
+                && Data::decode(&body[5..]).is_ok_and(|data| *data.text == *self.expected_text))
+    }
+}
+
+/// A gRPC frame holding `Data { text }`.
+fn framed(text: &str) -> Bytes {
+    let message = Data {
+        text: text.to_owned(),
+    };
+    let mut framed = Vec::with_capacity(5 + message.encoded_len());
+    framed.push(0);
+    framed.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
+    message.encode(&mut framed).expect("a Vec grows");
+    framed.into()
+}
+
+async fn raw_unary_worker(raw: RawUnary, plan: Arc<Plan>, worker: u32, workers: u32) -> Tally {
+    let mut tally = Tally::new();
+    while let Some(due) = plan.next(worker, workers, tally.requests) {
+        let since = wait_until(due).await;
+        let outcome = raw.call().await;
+        tally.record(since, outcome.as_ref().copied());
         plan.completed.fetch_add(1, Ordering::Relaxed);
     }
     tally

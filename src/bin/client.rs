@@ -11,20 +11,23 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use formatdata::client::{Client, ClientError};
 use formatdata::config::{ClientArgs, ClientCommand, LogFormat};
-use formatdata::{bench, telemetry};
+use formatdata::{bench, runtime, telemetry};
 use tokio::io::{BufReader, BufWriter};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = ClientArgs::from_env();
     telemetry::init(LogFormat::Text, "warn");
-    match run(&args).await {
-        Ok(code) => code,
+    let outcome = match runtime::build(None) {
+        Ok(runtime) => runtime.block_on(run(&args)),
         Err(err) => {
             eprintln!("client: {err}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    outcome.unwrap_or_else(|err| {
+        eprintln!("client: {err}");
+        ExitCode::FAILURE
+    })
 }
 
 async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
