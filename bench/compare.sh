@@ -7,7 +7,9 @@
 #   1. throughput: h2load, unary DoFormat "hello,world!", CONNECTIONS x STREAMS, WARMUP s then
 #      DURATION s measured; the server's CPU seconds per 100k calls and its peak RSS;
 #   2. latency: h2load with 1 connection x 1 stream (mean);
-#   3. latency at a fixed rate: `client bench --rate` at half of the baseline's peak (p50, p99).
+#   3. latency at a fixed rate: `client bench --rate` at half of the baseline's peak (p50, p99),
+#      STREAMS calls in flight at most over CONNECTIONS connections (open loop: calls start on
+#      schedule, and a late one counts from when it was due).
 # Then the same throughput run with the servers given 2 CPUs (the load generator shares them).
 #
 # Usage: bench/compare.sh [--smoke]     (--smoke: 2-second runs, for CI; figures meaningless)
@@ -92,6 +94,13 @@ for name in "${servers[@]}"; do
   after=$(cpu_seconds)
   cpu[$name]=$(python3 -c "print(f'{($after - $before) / max(int(\"$done\" or 0), 1) * 100000:.2f}')")
   read -r _ mean[$name] _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
+  if [ "$name" = formatdata ]; then
+    # The load generator's own efficiency: client bench with h2load's connections and calls
+    # in flight (CONNECTIONS x STREAMS), on the same single CPU.
+    bench_rps=$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
+      --connections "$CONNECTIONS" --concurrency "$((CONNECTIONS * STREAMS))" --duration "$DURATION" --json |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])')
+  fi
   if [ "$name" = tonic ]; then
     rate=$(python3 -c "print(max(int(float('${rps[tonic]}') / 2), 1))")
   fi
@@ -121,3 +130,9 @@ for name in "${servers[@]}"; do
     "${cpu[$name]}" "${idle[$name]}" "${peak[$name]}" "${rps2[$name]:--}"
 done
 echo "(vs fd: formatdata's req/s divided by this server's)"
+python3 - "${rps[formatdata]}" "$bench_rps" <<'PY'
+import sys
+h2load, bench = map(float, sys.argv[1:])
+print(f"client bench vs h2load, one CPU each, against formatdata, same connections and calls in"
+      f" flight: {bench:.0f} req/s = {bench / h2load:.0%} of h2load's {h2load:.0f}")
+PY
