@@ -116,11 +116,20 @@ async fn do_format(body: Incoming, limit: usize) -> Result<Response<Body>, Infal
 /// Reads the request's single message, enforcing the size limit from its length prefix before
 /// buffering it, as tonic does.
 async fn read_message(mut body: Incoming, limit: usize) -> Result<Data, Status> {
-    let mut received = BytesMut::new();
+    // Usually the whole message comes in one DATA frame: keep those bytes as they are, and only
+    // copy into a buffer when a second frame follows.
+    let mut received = Bytes::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| Status::cancelled(format!("request body: {error}")))?;
         if let Ok(data) = frame.into_data() {
-            received.put(data);
+            received = if received.is_empty() {
+                data
+            } else {
+                let mut joined = BytesMut::with_capacity(received.len() + data.len());
+                joined.put(received);
+                joined.put(data);
+                joined.freeze()
+            };
         }
         if received.len() >= PREFIX {
             let declared = u32::from_be_bytes(received[1..PREFIX].try_into().expect("4 bytes"));
@@ -155,7 +164,7 @@ async fn read_message(mut body: Incoming, limit: usize) -> Result<Data, Status> 
             "more than one message in a unary call",
         )),
         // prost's message names the problem, as our codec reports it on tonic's path.
-        std::cmp::Ordering::Equal => Data::decode(received.freeze())
+        std::cmp::Ordering::Equal => Data::decode(received)
             .map_err(|error| Status::invalid_argument(error.to_string())),
     }
 }

@@ -14,7 +14,8 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use percent_encoding::percent_decode;
 use tonic::body::Body;
@@ -73,7 +74,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let call = CallLog::start(request.uri().path(), self.in_flight.clone());
+        let call = CallLog::start(request.uri(), self.in_flight.clone());
 
         if !is_grpc(request.headers()) {
             let status = Status::invalid_argument(format!(
@@ -134,17 +135,21 @@ where
 /// One line per call when it ends: debug when OK, warn otherwise; in-flight accounting.
 #[derive(Debug)]
 struct CallLog {
-    method: String,
+    /// The request's `:path`, shared with it rather than copied.
+    method: PathAndQuery,
     started: Instant,
     in_flight: Arc<InFlight>,
     finished: bool,
 }
 
 impl CallLog {
-    fn start(method: &str, in_flight: Arc<InFlight>) -> Self {
+    fn start(uri: &http::Uri, in_flight: Arc<InFlight>) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
-            method: method.to_owned(),
+            method: uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             started: Instant::now(),
             in_flight,
             finished: false,
@@ -152,12 +157,12 @@ impl CallLog {
     }
 
     fn method(&self) -> &str {
-        &self.method
+        self.method.path()
     }
 
     fn finish(mut self, status: &Status) {
         self.finished = true;
-        let (method, code) = (&self.method, status.code());
+        let (method, code) = (self.method(), status.code());
         let duration_us = self.started.elapsed().as_micros() as u64;
         if code == Code::Ok {
             debug!(method, code = ?code, duration_us, "call finished");
@@ -174,7 +179,7 @@ impl Drop for CallLog {
             // The reply never completed: the client went away, or shutdown's grace ran out.
             let duration_us = self.started.elapsed().as_micros() as u64;
             warn!(
-                method = self.method,
+                method = self.method(),
                 duration_us, "call cancelled before it finished"
             );
         }
@@ -276,9 +281,13 @@ impl HttpBody for LoggedBody {
 /// - UNIMPLEMENTED with no message -> the same with the method named: tonic's router has no
 ///   such method.
 fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<Status> {
-    let code = Code::from_bytes(headers.get("grpc-status")?.as_bytes());
+    let code = Code::from_bytes(headers.get(&GRPC_STATUS)?.as_bytes());
+    if code == Code::Ok {
+        // The common case, and nothing to rewrite.
+        return Some(Status::ok(""));
+    }
     let message = headers
-        .get("grpc-message")
+        .get(&GRPC_MESSAGE)
         .map(|value| {
             percent_decode(value.as_bytes())
                 .decode_utf8_lossy()
@@ -296,6 +305,11 @@ fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<Status> {
     set_status_headers(headers, &status);
     Some(status)
 }
+
+// Header names as constants: looking up a `&str` parses and validates it on every call, which
+// showed in profiles of the per-call path.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// A trailers-only gRPC response carrying `status`.
 fn status_response(status: &Status) -> Response<Body> {
@@ -315,9 +329,9 @@ pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
         .into_parts()
         .0
         .headers;
-    headers.remove("grpc-message");
-    for name in ["grpc-status", "grpc-message"] {
-        if let Some(value) = encoded.get(name) {
+    headers.remove(&GRPC_MESSAGE);
+    for name in [GRPC_STATUS, GRPC_MESSAGE] {
+        if let Some(value) = encoded.get(&name) {
             headers.insert(name, value.clone());
         }
     }

@@ -62,3 +62,21 @@ async fn concurrent_calls_each_get_their_own_reply() {
     }
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_split_across_data_frames_is_reassembled() {
+    use crate::raw::{self, DO_FORMAT, data_message, frame};
+
+    let app = spawn_app().await;
+    let mut client = raw::connect(app.addr).await;
+    let body = frame(false, &data_message("split ß".as_bytes()));
+    let (response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[]);
+    send.send_data(body.slice(..3), false).unwrap();
+    send.send_data(body.slice(3..9), false).unwrap();
+    send.send_data(body.slice(9..), true).unwrap();
+
+    let reply = raw::read_reply(response).await;
+
+    assert_eq!(reply.code(), tonic::Code::Ok, "{}", reply.message());
+    assert_eq!(&reply.body[5..], data_message("SPLIT SS".as_bytes()).as_slice());
+}
