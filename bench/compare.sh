@@ -17,11 +17,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} LATENCY_DURATION=${LATENCY_DURATION:-5}
+DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} LATENCY_DURATION=${LATENCY_DURATION:-5} ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16} STREAMS=${STREAMS:-64}
 SERVER_CPUS=${SERVER_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-1} TWO_CPUS=${TWO_CPUS:-0,1}
 if [ "${1:-}" = "--smoke" ]; then
-  DURATION=2 WARMUP=1 LATENCY_DURATION=1
+  DURATION=2 WARMUP=1 LATENCY_DURATION=1 ROUNDS=1
 fi
 
 for tool in h2load taskset python3; do
@@ -82,32 +82,52 @@ h2() {
       END { printf "%s %.0f %s\n", rps, mean, ok }'
 }
 
-declare -A rps mean cpu idle peak p50 p99 rps2
+declare -A rps mean cpu idle peak p50 p99 rps2 rounds_rps rounds_cpu
 servers=(tonic formatdata python)
+median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
+
+# Throughput, ROUNDS times with the servers taking turns, so a slow patch of this (shared,
+# noisy) machine hits all of them alike; the table shows the medians.
+for round in $(seq "$ROUNDS"); do
+  for name in "${servers[@]}"; do
+    echo "== round $round/$ROUNDS: $name, 1 CPU ($SERVER_CPUS)" >&2
+    start "$name" "$SERVER_CPUS"
+    [ "$round" = 1 ] && idle[$name]=$(rss_mib VmRSS)
+    h2 "$CONNECTIONS" "$STREAMS" "$WARMUP" "$LOAD_CPUS" >/dev/null
+    before=$(cpu_seconds)
+    read -r r _ done <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
+    after=$(cpu_seconds)
+    rounds_rps[$name]+=" $r"
+    rounds_cpu[$name]+=" $(python3 -c "print(($after - $before) / max(int('${done:-0}'), 1) * 100000)")"
+    peak[$name]=$(rss_mib VmHWM)
+    stop
+  done
+done
 for name in "${servers[@]}"; do
-  echo "== $name, 1 CPU ($SERVER_CPUS)" >&2
+  # shellcheck disable=SC2086 # word splitting of the per-round lists is intended
+  rps[$name]=$(median ${rounds_rps[$name]})
+  # shellcheck disable=SC2086
+  cpu[$name]=$(python3 -c "print(f'{$(median ${rounds_cpu[$name]}):.2f}')")
+done
+
+# Latency: one call at a time, then a fixed rate of half the baseline's median peak.
+rate=$(python3 -c "print(max(int(float('${rps[tonic]}') / 2), 1))")
+for name in "${servers[@]}"; do
+  echo "== latency: $name" >&2
   start "$name" "$SERVER_CPUS"
-  idle[$name]=$(rss_mib VmRSS)
-  h2 "$CONNECTIONS" "$STREAMS" "$WARMUP" "$LOAD_CPUS" >/dev/null
-  before=$(cpu_seconds)
-  read -r rps[$name] _ done <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
-  after=$(cpu_seconds)
-  cpu[$name]=$(python3 -c "print(f'{($after - $before) / max(int(\"$done\" or 0), 1) * 100000:.2f}')")
   read -r _ mean[$name] _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
+  read -r p50[$name] p99[$name] <<<"$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
+    --connections "$CONNECTIONS" --concurrency "$STREAMS" --rate "$rate" --duration "$DURATION" --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["latency_us"]; print(r["p50"], r["p99"])')"
   if [ "$name" = formatdata ]; then
     # The load generator's own efficiency: client bench with h2load's connections and calls
-    # in flight (CONNECTIONS x STREAMS), on the same single CPU.
+    # in flight (CONNECTIONS x STREAMS), on the same single CPU, against the same server.
+    read -r h2load_rps _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
     bench_rps=$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
       --connections "$CONNECTIONS" --concurrency "$((CONNECTIONS * STREAMS))" --duration "$DURATION" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])')
   fi
-  if [ "$name" = tonic ]; then
-    rate=$(python3 -c "print(max(int(float('${rps[tonic]}') / 2), 1))")
-  fi
-  read -r p50[$name] p99[$name] <<<"$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
-    --connections "$CONNECTIONS" --concurrency "$STREAMS" --rate "$rate" --duration "$DURATION" --json |
-    python3 -c 'import json,sys; r=json.load(sys.stdin)["latency_us"]; print(r["p50"], r["p99"])')"
-  peak[$name]=$(rss_mib VmHWM)
+  peak[$name]=$(python3 -c "print(max(float('${peak[$name]}'), float('$(rss_mib VmHWM)')))")
   stop
 done
 
@@ -122,7 +142,7 @@ done
 ratio() { python3 -c "a, b = float('$1' or 0), float('$2' or 0); print(f'{a / b:.2f}x' if b else '-')"; }
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
-echo "h2load: ${CONNECTIONS} connections x ${STREAMS} streams, ${DURATION} s after ${WARMUP} s warm-up; fixed rate ${rate}/s"
+echo "h2load: ${CONNECTIONS} connections x ${STREAMS} streams, ${DURATION} s after ${WARMUP} s warm-up, median of $ROUNDS rounds; fixed rate ${rate}/s"
 printf '%-11s %11s %9s %12s %10s %10s %13s %9s %9s %11s\n' server "req/s" "vs fd" "mean(1x1)us" "p50@rate" "p99@rate" "CPU s/100k" "idle MiB" "peak MiB" "req/s 2CPU"
 for name in "${servers[@]}"; do
   printf '%-11s %11.0f %9s %12s %10s %10s %13s %9s %9s %11s\n' "$name" "${rps[$name]}" \
@@ -130,7 +150,7 @@ for name in "${servers[@]}"; do
     "${cpu[$name]}" "${idle[$name]}" "${peak[$name]}" "${rps2[$name]:--}"
 done
 echo "(vs fd: formatdata's req/s divided by this server's)"
-python3 - "${rps[formatdata]}" "$bench_rps" <<'PY'
+python3 - "$h2load_rps" "$bench_rps" <<'PY'
 import sys
 h2load, bench = map(float, sys.argv[1:])
 print(f"client bench vs h2load, one CPU each, against formatdata, same connections and calls in"
