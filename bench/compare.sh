@@ -82,7 +82,7 @@ h2() {
       END { printf "%s %.0f %s\n", rps, mean, ok }'
 }
 
-declare -A rps mean cpu idle peak p50 p99 rps2 rounds_rps rounds_cpu
+declare -A rps mean cpu idle peak p50 p99 rps2 cores2 rounds_rps rounds_cpu
 servers=(tonic formatdata python)
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
 
@@ -135,7 +135,11 @@ for name in tonic formatdata; do
   echo "== $name, 2 CPUs ($TWO_CPUS), load generator sharing them" >&2
   start "$name" "$TWO_CPUS"
   h2 "$CONNECTIONS" "$STREAMS" "$WARMUP" "$TWO_CPUS" >/dev/null
+  before=$(cpu_seconds)
   read -r rps2[$name] _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$TWO_CPUS")"
+  after=$(cpu_seconds)
+  # CPUs the server kept busy: above 1 means it spread over both.
+  cores2[$name]=$(python3 -c "print(f'{($after - $before) / $DURATION:.2f}')")
   stop
 done
 
@@ -143,13 +147,14 @@ ratio() { python3 -c "a, b = float('$1' or 0), float('$2' or 0); print(f'{a / b:
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
 echo "h2load: ${CONNECTIONS} connections x ${STREAMS} streams, ${DURATION} s after ${WARMUP} s warm-up, median of $ROUNDS rounds; fixed rate ${rate}/s"
-printf '%-11s %11s %9s %12s %10s %10s %13s %9s %9s %11s\n' server "req/s" "vs fd" "mean(1x1)us" "p50@rate" "p99@rate" "CPU s/100k" "idle MiB" "peak MiB" "req/s 2CPU"
+printf '%-11s %9s %7s %12s %9s %9s %11s %9s %9s %11s %10s\n' server "req/s" "vs fd" "mean(1x1)us" "p50@rate" "p99@rate" "CPU s/100k" "idle MiB" "peak MiB" "req/s 2CPU" "CPUs used"
 for name in "${servers[@]}"; do
-  printf '%-11s %11.0f %9s %12s %10s %10s %13s %9s %9s %11s\n' "$name" "${rps[$name]}" \
+  printf '%-11s %9.0f %7s %12s %9s %9s %11s %9s %9s %11s %10s\n' "$name" "${rps[$name]}" \
     "$(ratio "${rps[formatdata]}" "${rps[$name]}")" "${mean[$name]}" "${p50[$name]}" "${p99[$name]}" \
-    "${cpu[$name]}" "${idle[$name]}" "${peak[$name]}" "${rps2[$name]:--}"
+    "${cpu[$name]}" "${idle[$name]}" "${peak[$name]}" "${rps2[$name]:--}" "${cores2[$name]:--}"
 done
-echo "(vs fd: formatdata's req/s divided by this server's)"
+echo "(vs fd: formatdata's req/s divided by this server's; latencies in microseconds; 2CPU: the"
+echo " server given CPUs $TWO_CPUS with h2load sharing them, and how many CPUs' worth it kept busy)"
 python3 - "$h2load_rps" "$bench_rps" <<'PY'
 import sys
 h2load, bench = map(float, sys.argv[1:])

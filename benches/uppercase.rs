@@ -20,7 +20,11 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(text.len() as u64));
         // The service owns the request's text, so cloning it is not part of the cost measured.
         group.bench_function("formatdata", |b| {
-            b.iter_batched(|| text.clone(), |text| black_box(uppercase(text)), BatchSize::SmallInput)
+            b.iter_batched(
+                || text.clone(),
+                |text| black_box(uppercase(text)),
+                BatchSize::SmallInput,
+            )
         });
         group.bench_function("str::to_uppercase", |b| {
             b.iter(|| black_box(black_box(text.as_str()).to_uppercase()))

@@ -164,8 +164,9 @@ async fn read_message(mut body: Incoming, limit: usize) -> Result<Data, Status> 
             "more than one message in a unary call",
         )),
         // prost's message names the problem, as our codec reports it on tonic's path.
-        std::cmp::Ordering::Equal => Data::decode(received)
-            .map_err(|error| Status::invalid_argument(error.to_string())),
+        std::cmp::Ordering::Equal => {
+            Data::decode(received).map_err(|error| Status::invalid_argument(error.to_string()))
+        }
     }
 }
 

@@ -78,5 +78,8 @@ async fn a_message_split_across_data_frames_is_reassembled() {
     let reply = raw::read_reply(response).await;
 
     assert_eq!(reply.code(), tonic::Code::Ok, "{}", reply.message());
-    assert_eq!(&reply.body[5..], data_message("SPLIT SS".as_bytes()).as_slice());
+    assert_eq!(
+        &reply.body[5..],
+        data_message("SPLIT SS".as_bytes()).as_slice()
+    );
 }
