@@ -132,6 +132,24 @@ impl Plan {
     }
 }
 
+/// One worker's part of the plan.
+struct Share {
+    plan: Arc<Plan>,
+    worker: u32,
+    workers: u32,
+}
+
+impl Share {
+    /// Claims this worker's next call, after `made` calls (see [`Plan::next`]).
+    fn next(&self, made: u64) -> Option<Option<Instant>> {
+        self.plan.next(self.worker, self.workers, made)
+    }
+
+    fn completed(&self) {
+        self.plan.completed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// What one worker saw.
 struct Tally {
     requests: u64,
@@ -210,15 +228,18 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
         .map(|worker| {
             let connection = (worker % bench.connections) as usize;
             let client = connections[connection].clone();
-            let (plan, text, expected) = (plan.clone(), text.clone(), expected.clone());
-            let workers = bench.concurrency;
+            let (text, expected) = (text.clone(), expected.clone());
+            let share = Share {
+                plan: plan.clone(),
+                worker,
+                workers: bench.concurrency,
+            };
             if raw {
-                let raw = raw_connections[connection].clone();
-                tokio::spawn(raw_unary_worker(raw, plan, worker, workers))
+                tokio::spawn(raw_unary_worker(raw_connections[connection].clone(), share))
             } else if bench.stream {
-                tokio::spawn(stream_worker(client, plan, worker, workers, text, expected))
+                tokio::spawn(stream_worker(client, share, text, expected))
             } else {
-                tokio::spawn(unary_worker(client, plan, worker, workers, text, expected))
+                tokio::spawn(unary_worker(client, share, text, expected))
             }
         })
         .collect();
@@ -242,17 +263,10 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
     Ok(report)
 }
 
-async fn unary_worker(
-    client: Client,
-    plan: Arc<Plan>,
-    worker: u32,
-    workers: u32,
-    text: String,
-    expected: Arc<str>,
-) -> Tally {
+async fn unary_worker(client: Client, share: Share, text: String, expected: Arc<str>) -> Tally {
     let mut stub = client.format_data();
     let mut tally = Tally::new();
-    while let Some(due) = plan.next(worker, workers, tally.requests) {
+    while let Some(due) = share.next(tally.requests) {
         let since = wait_until(due).await;
         let request = client.request(Data { text: text.clone() });
         let outcome = stub.do_format(request).await;
@@ -262,7 +276,7 @@ async fn unary_worker(
                 .as_ref()
                 .map(|reply| *reply.get_ref().text == *expected),
         );
-        plan.completed.fetch_add(1, Ordering::Relaxed);
+        share.completed();
     }
     tally
 }
@@ -388,31 +402,24 @@ fn framed(text: &str) -> Bytes {
     framed.into()
 }
 
-async fn raw_unary_worker(raw: RawUnary, plan: Arc<Plan>, worker: u32, workers: u32) -> Tally {
+async fn raw_unary_worker(raw: RawUnary, share: Share) -> Tally {
     let mut tally = Tally::new();
-    while let Some(due) = plan.next(worker, workers, tally.requests) {
+    while let Some(due) = share.next(tally.requests) {
         let since = wait_until(due).await;
         let outcome = raw.call().await;
         tally.record(since, outcome.as_ref().copied());
-        plan.completed.fetch_add(1, Ordering::Relaxed);
+        share.completed();
     }
     tally
 }
 
 /// Ping-pong over one long-lived stream: send a message, wait for its reply, repeat. A broken
 /// stream is counted as an error and replaced.
-async fn stream_worker(
-    client: Client,
-    plan: Arc<Plan>,
-    worker: u32,
-    workers: u32,
-    text: String,
-    expected: Arc<str>,
-) -> Tally {
+async fn stream_worker(client: Client, share: Share, text: String, expected: Arc<str>) -> Tally {
     let mut stub = client.format_data();
     let mut tally = Tally::new();
     let mut stream = None;
-    while let Some(due) = plan.next(worker, workers, tally.requests) {
+    while let Some(due) = share.next(tally.requests) {
         let since = wait_until(due).await;
         let outcome = async {
             if stream.is_none() {
@@ -438,7 +445,7 @@ async fn stream_worker(
             stream = None;
         }
         tally.record(since, outcome.as_ref().copied());
-        plan.completed.fetch_add(1, Ordering::Relaxed);
+        share.completed();
     }
     tally
 }

@@ -7,7 +7,7 @@ use formatdata::pb::format_data_server::{FormatData, FormatDataServer};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::helpers::{ServerProcess, run_client, stderr, stdout};
+use crate::helpers::{ServerProcess, run_client, spawn_tonic, stderr, stdout};
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let output = run_client(&[&["bench", "--json"][..], args].concat());
@@ -132,16 +132,7 @@ impl FormatData for Wrong {
 
 #[test]
 fn wrong_replies_count_as_errors() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_service(FormatDataServer::new(Wrong))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (_runtime, addr) = spawn_tonic(tonic::service::Routes::new(FormatDataServer::new(Wrong)));
 
     let report = bench_json(&["--addr", &addr, "--requests", "20"]);
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{ServerProcess, closed_port, run_client, stderr, stdout};
+use crate::helpers::{ServerProcess, closed_port, run_client, spawn_tonic, stderr, stdout};
 
 #[test]
 fn client_prints_the_uppercased_greeting() {
@@ -80,16 +80,7 @@ fn server_on_a_port_in_use_fails_with_one_line_naming_the_address() {
 #[test]
 fn client_reports_a_non_ok_status_by_its_code_name() {
     // A gRPC server that serves nothing: every call is UNIMPLEMENTED.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_routes(tonic::service::Routes::default())
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let (_runtime, addr) = spawn_tonic(tonic::service::Routes::default());
 
     let output = run_client(&["--addr", &addr]);
 

@@ -86,6 +86,22 @@ impl TestApp {
     }
 }
 
+/// `routes` served by a stock tonic server on a free loopback port, for tests that need a
+/// server other than ours. Returns the runtime it runs on (keep it alive) and its address.
+pub fn spawn_tonic(routes: tonic::service::Routes) -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    (runtime, addr)
+}
+
 /// The `server` binary, started as a user would, killed when dropped.
 pub struct ServerProcess {
     pub child: Child,

@@ -7,12 +7,25 @@ use std::time::Duration;
 use formatdata::pb::Data;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Request};
+use tonic::{Code, Request, Streaming};
 
-use crate::helpers::{ServerProcess, spawn_app, spawn_app_with, stderr};
+use crate::helpers::{ServerProcess, TestApp, spawn_app, spawn_app_with, stderr};
 
 fn data(text: impl Into<String>) -> Data {
     Data { text: text.into() }
+}
+
+/// A DoFormatStream call fed through a channel, so the test decides when each message goes.
+async fn open_stream(app: &TestApp) -> (mpsc::Sender<Data>, Streaming<Data>) {
+    let (sender, receiver) = mpsc::channel(1);
+    let replies = app
+        .client()
+        .await
+        .do_format_stream(ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    (sender, replies)
 }
 
 #[tokio::test]
@@ -39,14 +52,7 @@ async fn every_message_gets_its_reply_in_order() {
 #[tokio::test]
 async fn replies_arrive_while_the_stream_is_still_open() {
     let app = spawn_app().await;
-    let (sender, receiver) = mpsc::channel(1);
-    let mut replies = app
-        .client()
-        .await
-        .do_format_stream(ReceiverStream::new(receiver))
-        .await
-        .unwrap()
-        .into_inner();
+    let (sender, mut replies) = open_stream(&app).await;
 
     for word in ["one", "two", "three"] {
         sender.send(data(word)).await.unwrap();
@@ -64,14 +70,7 @@ async fn replies_arrive_while_the_stream_is_still_open() {
 #[tokio::test]
 async fn a_stream_open_when_shutdown_begins_keeps_working_until_half_close() {
     let app = spawn_app().await;
-    let (sender, receiver) = mpsc::channel(1);
-    let mut replies = app
-        .client()
-        .await
-        .do_format_stream(ReceiverStream::new(receiver))
-        .await
-        .unwrap()
-        .into_inner();
+    let (sender, mut replies) = open_stream(&app).await;
     sender.send(data("before")).await.unwrap();
     assert_eq!(replies.message().await.unwrap().unwrap().text, "BEFORE");
 
