@@ -70,6 +70,11 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS", default_value_t = 60)]
     pub keepalive_secs: u64,
 
+    /// Serve Prometheus metrics (go-grpc-prometheus names, plus process metrics) at
+    /// http://ADDR/metrics, as IP:PORT; off by default.
+    #[arg(long, env = "FORMATDATA_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
     /// Worker threads [default: one per CPU this process may run on].
     #[arg(long, env = "FORMATDATA_THREADS")]
     pub threads: Option<std::num::NonZeroUsize>,

@@ -16,7 +16,6 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prost::Message;
 use tonic::Status;
 use tonic::body::Body;
@@ -53,7 +52,7 @@ impl<S> FastPath<S> {
 
     /// Unary DoFormat with neither compressed requests nor a wish for compressed replies (both
     /// are tonic's job): what h2load, tonic clients and most grpc-go clients send.
-    fn takes(&self, request: &Request<Incoming>) -> bool {
+    fn takes<B>(&self, request: &Request<B>) -> bool {
         let plain = |name| {
             request
                 .headers()
@@ -67,10 +66,12 @@ impl<S> FastPath<S> {
     }
 }
 
-impl<S> Service<Request<Incoming>> for FastPath<S>
+impl<S, B> Service<Request<B>> for FastPath<S>
 where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -80,7 +81,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         if self.takes(&request) {
             Box::pin(do_format(request.into_body(), self.max_message_bytes))
         } else {
@@ -89,7 +90,11 @@ where
     }
 }
 
-async fn do_format(body: Incoming, limit: usize) -> Result<Response<Body>, Infallible> {
+async fn do_format<B>(body: B, limit: usize) -> Result<Response<Body>, Infallible>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let reply = match read_message(body, limit).await {
         Ok(message) => encode_reply(message, limit),
         Err(status) => Err(status),
@@ -115,7 +120,11 @@ async fn do_format(body: Incoming, limit: usize) -> Result<Response<Body>, Infal
 
 /// Reads the request's single message, enforcing the size limit from its length prefix before
 /// buffering it, as tonic does.
-async fn read_message(mut body: Incoming, limit: usize) -> Result<Data, Status> {
+async fn read_message<B>(mut body: B, limit: usize) -> Result<Data, Status>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     // Usually the whole message comes in one DATA frame: keep those bytes as they are, and only
     // copy into a buffer when a second frame follows.
     let mut received = Bytes::new();

@@ -12,6 +12,7 @@
 //!   over HTTP/2 (optionally TLS) until shutdown, with a grace period for calls in progress.
 //! - [`fast_path`]: unary DoFormat handled directly, the benchmark's hot path.
 //! - [`middleware`]: around every call: gRPC-only, deadlines, standard status codes, call logs.
+//! - [`metrics`]: Prometheus metrics of every call, and the `/metrics` endpoint.
 //! - [`auth`]: the bearer-token check on FormatData calls.
 //! - [`tls`]: rustls configuration for the server and the client.
 //! - [`client`]: calling a server (DoFormat with retries, health, reflection), with errors a
@@ -30,6 +31,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod fast_path;
+pub mod metrics;
 pub mod middleware;
 pub mod runtime;
 pub mod server;

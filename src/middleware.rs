@@ -18,9 +18,12 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use percent_encoding::percent_decode;
+use prometheus::IntCounter;
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+
+use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter};
 use tracing::{debug, warn};
 
 /// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
@@ -34,9 +37,11 @@ impl InFlight {
 }
 
 /// Wraps the router in [`Calls`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CallsLayer {
     pub in_flight: Arc<InFlight>,
+    /// Prometheus metrics, when `--metrics-addr` asks for them.
+    pub metrics: Option<GrpcMetrics>,
 }
 
 impl<S> Layer<S> for CallsLayer {
@@ -46,22 +51,27 @@ impl<S> Layer<S> for CallsLayer {
         Calls {
             inner,
             in_flight: self.in_flight.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
 
 /// The middleware itself; see the module documentation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Calls<S> {
     inner: S,
     in_flight: Arc<InFlight>,
+    metrics: Option<GrpcMetrics>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, B> Service<Request<B>> for Calls<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request<Counted<B>>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send,
     B: Send + 'static,
 {
@@ -74,7 +84,16 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let call = CallLog::start(request.uri(), self.in_flight.clone());
+        let metrics = self
+            .metrics
+            .as_ref()
+            .and_then(|metrics| metrics.start(request.uri().path()));
+        let request = request.map(|body| Counted {
+            inner: body,
+            messages: MessageCounter::default(),
+            counter: metrics.as_ref().map(|metrics| metrics.received.clone()),
+        });
+        let call = CallLog::start(request.uri(), self.in_flight.clone(), metrics);
 
         if !is_grpc(request.headers()) {
             let status = Status::invalid_argument(format!(
@@ -132,18 +151,22 @@ where
     }
 }
 
-/// One line per call when it ends: debug when OK, warn otherwise; in-flight accounting.
-#[derive(Debug)]
+/// One line per call when it ends: debug when OK, warn otherwise; in-flight accounting and
+/// metrics.
 struct CallLog {
     /// The request's `:path`, shared with it rather than copied.
     method: PathAndQuery,
     started: Instant,
     in_flight: Arc<InFlight>,
     finished: bool,
+    /// This call's metrics; `None` without `--metrics-addr` or for an unknown method.
+    metrics: Option<CallMetrics>,
+    /// Reply messages seen so far, for `grpc_server_msg_sent_total`.
+    sent: MessageCounter,
 }
 
 impl CallLog {
-    fn start(uri: &http::Uri, in_flight: Arc<InFlight>) -> Self {
+    fn start(uri: &http::Uri, in_flight: Arc<InFlight>, metrics: Option<CallMetrics>) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
             method: uri
@@ -153,6 +176,15 @@ impl CallLog {
             started: Instant::now(),
             in_flight,
             finished: false,
+            metrics,
+            sent: MessageCounter::default(),
+        }
+    }
+
+    /// Counts the reply messages that begin in `data`.
+    fn sending(&mut self, data: &[u8]) {
+        if let Some(metrics) = &self.metrics {
+            metrics.sent.inc_by(self.sent.feed(data));
         }
     }
 
@@ -162,6 +194,9 @@ impl CallLog {
 
     fn finish(mut self, status: &Status) {
         self.finished = true;
+        if let Some(metrics) = &self.metrics {
+            metrics.finish(status.code(), self.started.elapsed().as_secs_f64());
+        }
         let (method, code) = (self.method(), status.code());
         let duration_us = self.started.elapsed().as_micros() as u64;
         if code == Code::Ok {
@@ -176,6 +211,9 @@ impl Drop for CallLog {
     fn drop(&mut self) {
         self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
+            if let Some(metrics) = &self.metrics {
+                metrics.finish(Code::Cancelled, self.started.elapsed().as_secs_f64());
+            }
             // The reply never completed: the client went away, or shutdown's grace ran out.
             let duration_us = self.started.elapsed().as_micros() as u64;
             warn!(
@@ -242,7 +280,12 @@ impl HttpBody for LoggedBody {
                     }
                     Frame::trailers(trailers)
                 }
-                Err(data) => data,
+                Err(data) => {
+                    if let (Some(call), Some(bytes)) = (this.call.as_mut(), data.data_ref()) {
+                        call.sending(bytes);
+                    }
+                    data
+                }
             },
             Some(Err(status)) => {
                 if let Some(call) = this.call.take() {
@@ -263,6 +306,44 @@ impl HttpBody for LoggedBody {
 
     fn is_end_stream(&self) -> bool {
         self.call.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that counts the gRPC messages read from it, for
+    /// `grpc_server_msg_received_total`.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        messages: MessageCounter,
+        counter: Option<IntCounter>,
+    }
+}
+
+impl<B: HttpBody<Data = bytes::Bytes>> HttpBody for Counted<B> {
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(counter), Some(Ok(frame))) = (this.counter.as_ref(), frame.as_ref())
+            && let Some(data) = frame.data_ref()
+        {
+            counter.inc_by(this.messages.feed(data));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -35,7 +35,8 @@ use tracing::{debug, info, warn};
 use crate::auth::RequireBearer;
 use crate::config::{HostPort, ServerArgs};
 use crate::fast_path::FastPath;
-use crate::middleware::{CallsLayer, InFlight};
+use crate::metrics::GrpcMetrics;
+use crate::middleware::{CallsLayer, Counted, InFlight};
 use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
 use crate::service::FormatDataService;
@@ -171,6 +172,8 @@ pub struct ServerConfig {
     max_concurrent_streams: u32,
     /// Interval of HTTP/2 keepalive pings; `None` turns them off.
     keepalive: Option<Duration>,
+    /// Where to serve Prometheus metrics; `None` keeps them off.
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -189,6 +192,7 @@ impl ServerConfig {
             max_message_bytes: args.max_message_bytes,
             max_concurrent_streams: args.max_concurrent_streams,
             keepalive: (args.keepalive_secs > 0).then(|| Duration::from_secs(args.keepalive_secs)),
+            metrics_addr: args.metrics_addr,
         })
     }
 }
@@ -198,6 +202,8 @@ impl ServerConfig {
 pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics { addr: SocketAddr, source: io::Error },
 }
 
 /// How long a client gets to complete the TLS handshake before its connection is dropped.
@@ -225,6 +231,10 @@ pub async fn run(
         .set_serving::<FormatDataServer<FormatDataService>>()
         .await;
     let in_flight = Arc::new(InFlight::default());
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(serve_metrics(addr).await?),
+        None => None,
+    };
     let routes = Routes::new(health_service)
         .add_service(format_data(&config))
         .add_service(reflection().build_v1()?)
@@ -233,11 +243,12 @@ pub async fn run(
     let service = ServiceBuilder::new()
         .layer(CallsLayer {
             in_flight: in_flight.clone(),
+            metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
         })
         .layer_fn(|routes| {
             FastPath::new(routes, !config.auth.is_enabled(), config.max_message_bytes)
         })
-        .map_request(|request: http::Request<Incoming>| request.map(Body::new))
+        .map_request(|request: http::Request<Counted<Incoming>>| request.map(Body::new))
         .service(routes);
     let http2 = http2_builder(&config);
     log_startup(&listeners, &config);
@@ -293,7 +304,23 @@ pub async fn run(
             connections.shutdown().await;
         }
     }
+    if let Some((_, endpoint)) = metrics {
+        endpoint.abort();
+    }
     Ok(())
+}
+
+/// Binds the metrics endpoint and serves it in the background.
+async fn serve_metrics(
+    addr: SocketAddr,
+) -> Result<(GrpcMetrics, tokio::task::JoinHandle<()>), ServeError> {
+    let error = |source| ServeError::Metrics { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    let metrics = GrpcMetrics::new();
+    info!("serving Prometheus metrics on http://{local}/metrics");
+    let endpoint = tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    Ok((metrics, endpoint))
 }
 
 /// The FormatData service with its limits, compression and authentication.

@@ -12,6 +12,7 @@ mod contract;
 mod do_format;
 mod health_reflection;
 mod helpers;
+mod metrics;
 mod python_interop;
 mod raw;
 mod server_lifecycle;

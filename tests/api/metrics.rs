@@ -1,0 +1,121 @@
+//! Prometheus metrics: go-grpc-prometheus names and labels, scraped over HTTP like Prometheus.
+
+use formatdata::pb::Data;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{closed_port, spawn_app_with};
+
+/// `GET /metrics` over a plain HTTP/1.1 connection; returns the body.
+async fn scrape(port: u16) -> String {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/plain"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_thousand_calls_show_in_the_go_grpc_prometheus_metrics() {
+    let port = closed_port();
+    let app = spawn_app_with(&["--metrics-addr", &format!("127.0.0.1:{port}")], None).await;
+    let mut client = app.client().await;
+    for n in 0..1_000 {
+        let text = format!("call {n}");
+        client.do_format(Data { text }).await.unwrap();
+    }
+    let stream_replies = client
+        .do_format_stream(tokio_stream::iter(
+            ["a", "b", "c"].map(|text| Data { text: text.into() }),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    drop(stream_replies); // hang up before reading: a cancelled call
+    let unknown = crate::raw::call(
+        app.addr,
+        "/example.FormatData/Nope",
+        &[],
+        crate::raw::frame(false, &crate::raw::data_message(b"x")),
+    )
+    .await;
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented);
+
+    let text = scrape(port).await;
+
+    let labels = r#"grpc_method="DoFormat",grpc_service="example.FormatData",grpc_type="unary""#;
+    let ok = format!(r#"grpc_server_handled_total{{grpc_code="OK",{labels}}}"#);
+    assert_eq!(sample(&text, &ok), Some(1000.0), "{text}");
+    for name in [
+        "grpc_server_started_total",
+        "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total",
+        "grpc_server_handling_seconds_count",
+    ] {
+        assert_eq!(
+            sample(&text, &format!("{name}{{{labels}}}")),
+            Some(1000.0),
+            "{name}: {text}"
+        );
+    }
+    assert!(
+        text.contains("grpc_server_handling_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"grpc_type="bidi_stream""#),
+        "the stream is counted: {text}"
+    );
+    assert!(
+        !text.contains("Nope"),
+        "unknown methods make no series: {text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+}
+
+#[tokio::test]
+async fn stream_messages_are_counted_one_by_one() {
+    let port = closed_port();
+    let app = spawn_app_with(&["--metrics-addr", &format!("127.0.0.1:{port}")], None).await;
+    let requests = (0..250).map(|n| Data {
+        text: format!("message {n}"),
+    });
+    let mut replies = app
+        .client()
+        .await
+        .do_format_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    while replies.message().await.unwrap().is_some() {}
+
+    let text = scrape(port).await;
+
+    let labels =
+        r#"grpc_method="DoFormatStream",grpc_service="example.FormatData",grpc_type="bidi_stream""#;
+    for name in [
+        "grpc_server_msg_received_total",
+        "grpc_server_msg_sent_total",
+    ] {
+        assert_eq!(
+            sample(&text, &format!("{name}{{{labels}}}")),
+            Some(250.0),
+            "{name}: {text}"
+        );
+    }
+    let ok = format!(r#"grpc_server_handled_total{{grpc_code="OK",{labels}}}"#);
+    assert_eq!(sample(&text, &ok), Some(1.0), "{text}");
+}
