@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::client::{Client, ClientError, code_name};
+use crate::codec;
 use crate::config::{BenchArgs, ClientArgs, DEFAULT_TEXT};
 use crate::pb::Data;
 use crate::uppercase::uppercase;
@@ -392,14 +393,9 @@ impl RawUnary {
 
 /// A gRPC frame holding `Data { text }`.
 fn framed(text: &str) -> Bytes {
-    let message = Data {
+    codec::frame(&Data {
         text: text.to_owned(),
-    };
-    let mut framed = Vec::with_capacity(5 + message.encoded_len());
-    framed.push(0);
-    framed.extend_from_slice(&(message.encoded_len() as u32).to_be_bytes());
-    message.encode(&mut framed).expect("a Vec grows");
-    framed.into()
+    })
 }
 
 async fn raw_unary_worker(raw: RawUnary, share: Share) -> Tally {

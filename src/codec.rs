@@ -6,6 +6,7 @@
 
 use std::marker::PhantomData;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder};
@@ -55,4 +56,15 @@ impl<U: Message + Default> Decoder for ProstDecoder<U> {
             .map(Some)
             .map_err(|error| Status::invalid_argument(error.to_string()))
     }
+}
+
+/// `message` as one uncompressed gRPC frame: flag 0, big-endian length, protobuf bytes. For the
+/// paths that write frames themselves (the server's fast path, the bench's raw client).
+pub fn frame<M: Message>(message: &M) -> Bytes {
+    let length = message.encoded_len();
+    let mut framed = BytesMut::with_capacity(5 + length);
+    framed.put_u8(0);
+    framed.put_u32(length as u32);
+    message.encode(&mut framed).expect("capacity reserved");
+    framed.freeze()
 }

@@ -21,6 +21,7 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
 
+use crate::codec;
 use crate::middleware::set_status_headers;
 use crate::pb::Data;
 use crate::service;
@@ -188,11 +189,7 @@ fn encode_reply(request: Data, limit: usize) -> Result<Bytes, Status> {
             "reply message of {length} bytes is over the {limit}-byte limit"
         )));
     }
-    let mut framed = BytesMut::with_capacity(PREFIX + length);
-    framed.put_u8(0);
-    framed.put_u32(length as u32);
-    reply.encode(&mut framed).expect("capacity reserved");
-    Ok(framed.freeze())
+    Ok(codec::frame(&reply))
 }
 
 /// `grpc-status` and `grpc-message` of an error.
