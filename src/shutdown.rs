@@ -10,16 +10,20 @@ use tracing::{error, info};
 /// request, which exits immediately with status 128 + signal number, as a shell reports a
 /// process killed by that signal.
 ///
-/// Pass it to [`crate::server::run`].
-pub async fn signal() {
+/// Pass it to [`crate::server::run`]. The handlers are installed when this is called, not when
+/// the future is first polled: a SIGTERM that arrives while the server is still starting up
+/// must start a graceful shutdown, not kill the process with the default action.
+pub fn signal() -> impl Future<Output = ()> {
     let mut signals = Signals::register();
-    let first = signals.next().await;
-    info!("received {}, shutting down gracefully", first.name);
-    tokio::spawn(async move {
-        let second = signals.next().await;
-        error!("received {} during shutdown, exiting now", second.name);
-        std::process::exit(128 + second.number);
-    });
+    async move {
+        let first = signals.next().await;
+        info!("received {}, shutting down gracefully", first.name);
+        tokio::spawn(async move {
+            let second = signals.next().await;
+            error!("received {} during shutdown, exiting now", second.name);
+            std::process::exit(128 + second.number);
+        });
+    }
 }
 
 struct Received {
