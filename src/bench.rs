@@ -20,7 +20,7 @@ use tonic::Status;
 
 use crate::client::{Client, ClientError, code_name};
 use crate::codec;
-use crate::config::{BenchArgs, ClientArgs, DEFAULT_TEXT};
+use crate::config::{BenchArgs, ClientArgs, DEFAULT_TEXT, HostPort};
 use crate::pb::Data;
 use crate::uppercase::uppercase;
 
@@ -38,6 +38,9 @@ const WRONG_REPLY: &str = "WRONG_REPLY";
 pub struct Report {
     /// Calls completed, successful or not.
     pub requests: u64,
+    /// Attempts repeated after an UNAVAILABLE failure (a server down: see `--retries`); a call
+    /// that succeeded on a retry is not an error.
+    pub retries: u64,
     /// Failed calls by gRPC code name (or WRONG_REPLY).
     pub errors: BTreeMap<&'static str, u64>,
     /// Wall time from the first call to the last reply.
@@ -56,6 +59,7 @@ impl Report {
         let latency = &self.latency;
         serde_json::json!({
             "requests": self.requests,
+            "retries": self.retries,
             "errors": self.errors,
             "rps": self.rps(),
             "latency_us": {
@@ -74,10 +78,11 @@ impl Report {
         let latency = &self.latency;
         let errors: u64 = self.errors.values().sum();
         let mut text = format!(
-            "requests     {}\nelapsed      {:.2} s\nrps          {:.0}\nerrors       {errors}\n",
+            "requests     {}\nelapsed      {:.2} s\nrps          {:.0}\nretries      {}\nerrors       {errors}\n",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.rps(),
+            self.retries,
         );
         for (code, count) in &self.errors {
             text.push_str(&format!("  {code:<18} {count}\n"));
@@ -196,9 +201,10 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
         (None, None) => DEFAULT_TEXT.to_owned(),
     };
     let expected: Arc<str> = uppercase(text.clone()).into();
-    let connections = (0..bench.connections)
-        .map(|_| Client::new(client_args))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut connections = Vec::new();
+    for _ in 0..bench.connections {
+        connections.push(Client::connect(client_args).await?);
+    }
 
     let duration = bench
         .duration
@@ -216,13 +222,15 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
     });
     let progress = progress_bar(bench, duration, plan.clone());
 
-    // Plain unary calls take the lean path (see `RawUnary`); TLS, compression and streams
-    // need tonic's client.
-    let raw = !bench.stream && !client_args.uses_tls() && client_args.compress.is_none();
+    // Plain unary calls to one server take the lean path (see `RawUnary`); TLS, compression,
+    // streams and balancing over several servers need tonic's client and `Client`'s retries.
+    let raw_server = client_args
+        .single_server()
+        .filter(|_| !bench.stream && !client_args.uses_tls() && client_args.compress.is_none());
     let mut raw_connections = Vec::new();
-    if raw {
+    if let Some(server) = raw_server {
         for _ in 0..bench.connections {
-            raw_connections.push(RawUnary::connect(client_args, &text, &expected).await?);
+            raw_connections.push(RawUnary::connect(client_args, server, &text, &expected).await?);
         }
     }
     let workers: Vec<_> = (0..bench.concurrency)
@@ -235,7 +243,7 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
                 worker,
                 workers: bench.concurrency,
             };
-            if raw {
+            if raw_server.is_some() {
                 tokio::spawn(raw_unary_worker(raw_connections[connection].clone(), share))
             } else if bench.stream {
                 tokio::spawn(stream_worker(client, share, text, expected))
@@ -247,6 +255,7 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
 
     let mut report = Report {
         requests: 0,
+        retries: 0,
         errors: BTreeMap::new(),
         elapsed: Duration::ZERO,
         latency: Tally::new().latency,
@@ -260,22 +269,21 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
         report.latency.add(&tally.latency).expect("same bounds");
     }
     report.elapsed = started.elapsed();
+    // Clones share one count: the first of each connection's clients has them all.
+    report.retries = connections.iter().map(Client::retried).sum();
     progress.abort();
     Ok(report)
 }
 
 async fn unary_worker(client: Client, share: Share, text: String, expected: Arc<str>) -> Tally {
-    let mut stub = client.format_data();
+    let stub = client.format_data();
     let mut tally = Tally::new();
     while let Some(due) = share.next(tally.requests) {
         let since = wait_until(due).await;
-        let request = client.request(Data { text: text.clone() });
-        let outcome = stub.do_format(request).await;
+        let outcome = client.do_format(&stub, &text).await;
         tally.record(
             since,
-            outcome
-                .as_ref()
-                .map(|reply| *reply.get_ref().text == *expected),
+            outcome.as_ref().map(|reply| *reply.text == *expected),
         );
         share.completed();
     }
@@ -303,16 +311,17 @@ struct RawUnary {
 impl RawUnary {
     async fn connect(
         args: &ClientArgs,
+        server: &HostPort,
         text: &str,
         expected: &Arc<str>,
     ) -> Result<Self, ClientError> {
         let connect_error = |reason: String| ClientError::Connect {
-            addr: args.addr.clone(),
+            addr: server.clone(),
             reason,
         };
         let tcp = tokio::time::timeout(
             args.timeout,
-            tokio::net::TcpStream::connect((args.addr.host.as_str(), args.addr.port)),
+            tokio::net::TcpStream::connect((server.host.as_str(), server.port)),
         )
         .await
         .map_err(|_| connect_error(format!("no connection within {:?}", args.timeout)))?
@@ -338,7 +347,7 @@ impl RawUnary {
         }
         Ok(Self {
             sender,
-            uri: format!("http://{}/example.FormatData/DoFormat", args.addr)
+            uri: format!("http://{server}/example.FormatData/DoFormat")
                 .parse()
                 .map_err(|error: http::uri::InvalidUri| connect_error(error.to_string()))?,
             request: framed(text),

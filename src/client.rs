@@ -3,6 +3,8 @@
 //! the server or the gRPC status, ready for a one-line message.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -11,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status, TimeoutExpired};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -20,6 +22,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
+use crate::balance::{Address, Balancer, Connector, Unreachable, root_cause};
 use crate::config::{ClientArgs, Compression, HostPort};
 use crate::pb::Data;
 use crate::pb::format_data_client::FormatDataClient;
@@ -38,6 +41,15 @@ pub enum ClientError {
     /// failed TLS handshake.
     #[error("cannot connect to {addr}: {reason}")]
     Connect { addr: HostPort, reason: String },
+    /// The connection broke during the call: the server went away.
+    #[error("lost the connection to {addr}: {reason}")]
+    ConnectionLost { addr: HostPort, reason: String },
+    /// A stream failed after some of its replies were written.
+    #[error("{error}; {received} lines were answered before")]
+    StreamBroken {
+        error: Box<ClientError>,
+        received: u64,
+    },
     /// The server answered with a status other than OK.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(#[from] Status),
@@ -64,13 +76,12 @@ pub enum ClientError {
     Incomplete { received: u64, sent: u64 },
 }
 
-/// A channel to one FormatData server, and how to call it.
+/// Channels to the FormatData servers, and how to call them.
 #[derive(Debug, Clone)]
 pub struct Client {
-    /// HTTP/2 channel; connects on first use and reconnects after failures.
-    channel: Channel,
-    /// Where the channel goes, to name it in errors.
-    addr: HostPort,
+    /// Spreads calls over the servers; each channel connects on first use and reconnects after
+    /// failures.
+    channel: Balancer,
     /// Deadline of each attempt, sent as `grpc-timeout` so the server gives up too.
     timeout: Duration,
     /// Extra attempts after an UNAVAILABLE failure.
@@ -79,27 +90,61 @@ pub struct Client {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// Compression of requests, also offered for replies.
     compression: Option<CompressionEncoding>,
+    /// Retries made by this client and its clones, for `client bench`'s report.
+    retried: Arc<AtomicU64>,
+}
+
+impl From<Unreachable> for ClientError {
+    fn from(unreachable: Unreachable) -> Self {
+        let Unreachable {
+            addr,
+            reason,
+            connecting,
+        } = unreachable;
+        match connecting {
+            true => Self::Connect { addr, reason },
+            false => Self::ConnectionLost { addr, reason },
+        }
+    }
 }
 
 impl Client {
-    /// A client for the server the flags name. Nothing is sent until the first call.
-    pub fn new(args: &ClientArgs) -> Result<Self, ClientError> {
-        let scheme = if args.uses_tls() { "https" } else { "http" };
-        let connect_error = |reason: String| ClientError::Connect {
-            addr: args.addr.clone(),
-            reason,
+    /// A client for the servers the flags name: `dns:///` names are resolved now, but nothing
+    /// is sent until the first call.
+    pub async fn connect(args: &ClientArgs) -> Result<Self, ClientError> {
+        let tls = match args.uses_tls() {
+            true => {
+                let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+                Some(tls::client_config(
+                    args.tls_ca.as_deref(),
+                    identity,
+                    args.tls_domain.as_deref(),
+                )?)
+            }
+            false => None,
         };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", args.addr))
-            .map_err(|err| connect_error(err.to_string()))?
-            .connect_timeout(args.timeout);
-        if args.uses_tls() {
-            let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-            let config =
-                tls::client_config(args.tls_ca.as_deref(), identity, args.tls_domain.as_deref())?;
-            endpoint = endpoint
-                .tls_config(config)
-                .map_err(|err| connect_error(root_cause(&err)))?;
-        }
+        let timeout = args.timeout;
+        let explicit_domain = args.tls_domain.is_some();
+        let connector: Connector = Arc::new(move |address: &Address| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let uri = |addr: &HostPort| format!("{scheme}://{addr}");
+            let mut endpoint = Endpoint::from_shared(uri(&address.connect))
+                .map_err(|err| err.to_string())?
+                .connect_timeout(timeout);
+            if address.name != address.connect {
+                // Reached by a resolved IP, known by its name: `:authority` carries the name.
+                let origin = uri(&address.name).parse().map_err(|err| format!("{err}"))?;
+                endpoint = endpoint.origin(origin);
+            }
+            if let Some(tls) = &tls {
+                let tls = match explicit_domain {
+                    true => tls.clone(),
+                    false => tls.clone().domain_name(address.name.host.clone()),
+                };
+                endpoint = endpoint.tls_config(tls).map_err(|err| root_cause(&err))?;
+            }
+            Ok(endpoint.connect_lazy())
+        });
         let authorization = args
             .auth_token
             .as_ref()
@@ -107,8 +152,7 @@ impl Client {
             .transpose()
             .map_err(|_| ClientError::BadToken)?;
         Ok(Self {
-            channel: endpoint.connect_lazy(),
-            addr: args.addr.clone(),
+            channel: Balancer::new(&args.addr, connector).await?,
             timeout: args.timeout,
             retries: args.retries,
             authorization,
@@ -116,11 +160,12 @@ impl Client {
                 Compression::Gzip => CompressionEncoding::Gzip,
                 Compression::Zstd => CompressionEncoding::Zstd,
             }),
+            retried: Arc::default(),
         })
     }
 
     /// The generated stub on this channel, with the compression settings.
-    pub(crate) fn format_data(&self) -> FormatDataClient<Channel> {
+    pub(crate) fn format_data(&self) -> FormatDataClient<Balancer> {
         let stub = FormatDataClient::new(self.channel.clone());
         match self.compression {
             Some(encoding) => stub.send_compressed(encoding).accept_compressed(encoding),
@@ -130,7 +175,18 @@ impl Client {
 
     /// Calls `DoFormat` and returns the formatted text.
     pub async fn format(&self, text: &str) -> Result<String, ClientError> {
-        let stub = self.format_data();
+        self.do_format(&self.format_data(), text)
+            .await
+            .map(|reply| reply.text)
+            .map_err(|status| self.error(status))
+    }
+
+    /// `DoFormat` through `stub`, with retries; the gRPC status of the last attempt on failure.
+    pub(crate) async fn do_format(
+        &self,
+        stub: &FormatDataClient<Balancer>,
+        text: &str,
+    ) -> Result<Data, Status> {
         self.with_retries(|| {
             let mut stub = stub.clone();
             let request = self.request(Data {
@@ -139,7 +195,16 @@ impl Client {
             async move { stub.do_format(request).await }
         })
         .await
-        .map(|reply| reply.text)
+    }
+
+    /// The servers calls are spread over (after DNS resolution), with whether each is up.
+    pub fn servers(&self) -> Vec<(HostPort, bool)> {
+        self.channel.servers()
+    }
+
+    /// Retries made so far, by this client and its clones.
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
     }
 
     /// Streams `input` line by line through `DoFormatStream` and writes each reply to `output`
@@ -191,7 +256,10 @@ impl Client {
                 Ok(None) => break,
                 Err(status) => {
                     output.flush().await.map_err(write_error)?;
-                    return Err(self.error(status));
+                    return Err(ClientError::StreamBroken {
+                        error: Box::new(self.error(status)),
+                        received,
+                    });
                 }
             }
         }
@@ -215,7 +283,8 @@ impl Client {
                 });
                 async move { stub.check(request).await }
             })
-            .await?;
+            .await
+            .map_err(|status| self.error(status))?;
         Ok(reply.status().as_str_name())
     }
 
@@ -231,7 +300,8 @@ impl Client {
                 }));
                 async move { stub.server_reflection_info(request).await }
             })
-            .await?;
+            .await
+            .map_err(|status| self.error(status))?;
         let reply = replies
             .message()
             .await
@@ -273,10 +343,12 @@ impl Client {
         request
     }
 
-    /// Runs `call`, again after an UNAVAILABLE failure (the server down or restarting) up to
-    /// `retries` times, with exponential backoff and jitter so restarted servers are not hit by
-    /// every client at once. Only for idempotent calls, which all of ours are.
-    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
+    /// Runs `call`, again after an UNAVAILABLE failure (a server down or restarting) up to
+    /// `retries` times. When the failed server was taken out and another is up, the retry goes
+    /// there at once (failover); otherwise it waits, with exponential backoff and jitter so
+    /// restarted servers are not hit by every client at once. Only for idempotent calls, which
+    /// all of ours are.
+    async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -286,13 +358,18 @@ impl Client {
             match call().await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if status.code() == Code::Unavailable && attempt < self.retries => {
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    if unreachable(&status).is_some() && self.channel.any_up() {
+                        tracing::debug!("{}; retrying on another server", status.message());
+                        continue;
+                    }
                     // Half fixed, half random: spread out, yet never back-to-back.
                     let pause = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
                     tracing::debug!("{}; retrying in {pause:?}", status.message());
                     tokio::time::sleep(pause).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                Err(status) => return Err(self.error(status)),
+                Err(status) => return Err(status),
             }
         }
         unreachable!("the loop returns on its last attempt")
@@ -303,15 +380,10 @@ impl Client {
         if is_local_deadline(&status) {
             return Status::deadline_exceeded(format!("no reply within {:?}", self.timeout)).into();
         }
-        // tonic reports a connection that could not be made as UNAVAILABLE, with the transport
-        // error as its source: that is a connection failure, and says so with the address.
-        if status.code() == Code::Unavailable
-            && let Some(source) = std::error::Error::source(&status)
-        {
-            return ClientError::Connect {
-                addr: self.addr.clone(),
-                reason: root_cause(source),
-            };
+        // The balancer reports a connection that failed as UNAVAILABLE, naming the server: say
+        // so in those words rather than as a status.
+        if let Some(unreachable) = unreachable(&status) {
+            return unreachable.clone().into();
         }
         status.into()
     }
@@ -353,14 +425,9 @@ fn is_local_deadline(status: &Status) -> bool {
     status.code() == Code::Cancelled && status.message() == TimeoutExpired(()).to_string()
 }
 
-/// The innermost error, which is the one that says what went wrong ("Connection refused"); the
-/// layers above it ("transport error", "tcp connect error") add nothing a user can act on.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
+/// The server a call could not reach, when that is why it failed.
+fn unreachable(status: &Status) -> Option<&Unreachable> {
+    std::error::Error::source(status)?.downcast_ref()
 }
 
 /// The canonical name of a gRPC status code, as grpcio and the gRPC docs print it.

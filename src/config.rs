@@ -102,9 +102,12 @@ pub struct ClientArgs {
     #[command(subcommand)]
     pub command: Option<ClientCommand>,
 
-    /// Server to call, as HOST:PORT.
-    #[arg(long, global = true, env = "FORMATDATA_ADDR", default_value = DEFAULT_ADDR)]
-    pub addr: HostPort,
+    /// Server(s) to call: HOST:PORT, or dns:///HOST:PORT for every address the name resolves to
+    /// (re-resolved every few seconds). Repeat the flag or separate with commas to give several;
+    /// calls are then spread round-robin over those that are up.
+    #[arg(long, global = true, env = "FORMATDATA_ADDR", default_value = DEFAULT_ADDR,
+          value_delimiter = ',')]
+    pub addr: Vec<Target>,
 
     /// Seconds to wait for the connection, and then for the reply.
     #[arg(long, global = true, env = "FORMATDATA_TIMEOUT", default_value = "10",
@@ -161,6 +164,14 @@ impl ClientArgs {
     /// The text to send, as one string.
     pub fn text(&self) -> String {
         self.text.join(" ")
+    }
+
+    /// The one server to call, when `--addr` names exactly one and no DNS name to expand.
+    pub fn single_server(&self) -> Option<&HostPort> {
+        match self.addr.as_slice() {
+            [Target::Server(addr)] => Some(addr),
+            _ => None,
+        }
     }
 
     /// Whether to speak TLS: any TLS flag turns it on.
@@ -262,6 +273,44 @@ fn auth_token_from_env() -> Option<String> {
     std::env::var(AUTH_TOKEN_ENV)
         .ok()
         .filter(|token| !token.is_empty())
+}
+
+/// Where the client sends its calls: one server, or all the addresses of a DNS name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `HOST:PORT`: one server (a name is resolved when connecting, and the first address that
+    /// accepts is used).
+    Server(HostPort),
+    /// `dns:///HOST:PORT`: a server at every address the name resolves to, as gRPC's `dns`
+    /// resolver does; a Kubernetes headless Service resolves to one per ready pod.
+    Dns(HostPort),
+}
+
+/// gRPC's name-resolution scheme for DNS; `dns://AUTHORITY/` (a chosen DNS server) is not
+/// supported, the system resolver is used.
+const DNS_SCHEME: &str = "dns:///";
+
+impl FromStr for Target {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value.strip_prefix(DNS_SCHEME) {
+            Some(name) => Ok(Self::Dns(name.parse()?)),
+            None if value.starts_with("dns:") => Err(format!(
+                "expected dns:///HOST:PORT (the system resolver; no DNS server authority), got '{value}'"
+            )),
+            None => Ok(Self::Server(value.parse()?)),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Server(addr) => addr.fmt(f),
+            Self::Dns(name) => write!(f, "{DNS_SCHEME}{name}"),
+        }
+    }
 }
 
 /// A `HOST:PORT` pair where HOST is a name or an IP address (IPv6 in brackets: `[::1]:8080`).
@@ -374,9 +423,40 @@ mod tests {
     }
 
     #[test]
+    fn targets_are_servers_or_dns_names() {
+        let target = |value: &str| value.parse::<Target>();
+        assert_eq!(
+            target("localhost:8080").unwrap(),
+            Target::Server(host_port("localhost:8080").unwrap())
+        );
+        assert_eq!(
+            target("dns:///formatdata-headless:8080").unwrap(),
+            Target::Dns(host_port("formatdata-headless:8080").unwrap())
+        );
+        for value in ["dns:///[::1]:1", "dns:///a:1", "b:2"] {
+            assert_eq!(target(value).unwrap().to_string(), value);
+        }
+        for bad in ["dns://8.8.8.8/a:1", "dns:a:1", "dns:///a", "dns:///"] {
+            assert!(target(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn client_takes_several_addresses() {
+        let args =
+            ClientArgs::try_parse_from(["client", "--addr", "a:1,b:2", "--addr", "dns:///c:3"])
+                .unwrap();
+        let addrs: Vec<String> = args.addr.iter().map(Target::to_string).collect();
+        assert_eq!(addrs, ["a:1", "b:2", "dns:///c:3"]);
+        assert!(args.single_server().is_none());
+        let one = ClientArgs::try_parse_from(["client", "--addr", "a:1"]).unwrap();
+        assert_eq!(one.single_server().unwrap().to_string(), "a:1");
+    }
+
+    #[test]
     fn client_defaults_to_the_tutorial() {
         let args = ClientArgs::try_parse_from(["client"]).unwrap();
-        assert_eq!(args.addr.to_string(), DEFAULT_ADDR);
+        assert_eq!(args.single_server().unwrap().to_string(), DEFAULT_ADDR);
         assert_eq!(args.text(), DEFAULT_TEXT);
         assert_eq!(args.timeout, Duration::from_secs(10));
     }
@@ -400,7 +480,7 @@ mod tests {
         assert!(
             matches!(health.command, Some(ClientCommand::Health { ref service }) if service.is_empty())
         );
-        assert_eq!(health.addr.port, 1);
+        assert_eq!(health.single_server().unwrap().port, 1);
         let text = ClientArgs::try_parse_from(["client", "--", "health"]).unwrap();
         assert!(text.command.is_none());
         assert_eq!(text.text(), "health");

@@ -15,6 +15,8 @@
 //! - [`metrics`]: Prometheus metrics of every call, and the `/metrics` endpoint.
 //! - [`auth`]: the bearer-token check on FormatData calls.
 //! - [`tls`]: rustls configuration for the server and the client.
+//! - [`balance`]: spreading the client's calls round-robin over several servers, taking out
+//!   the ones that fail and putting them back when they answer again.
 //! - [`client`]: calling a server (DoFormat with retries, health, reflection), with errors a
 //!   person can read.
 //! - [`bench`]: `client bench`, the load generator and its report.
@@ -26,6 +28,7 @@
 //! The binaries in `src/bin/` only parse flags, set up logging and call into these modules.
 
 pub mod auth;
+pub mod balance;
 pub mod bench;
 pub mod client;
 pub mod codec;

@@ -31,7 +31,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
-    let client = Client::new(args)?;
+    let client = Client::connect(args).await?;
     match &args.command {
         None if args.stream => {
             let stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());

@@ -11,7 +11,7 @@ use crate::helpers::{Certificates, TestApp, spawn_app, spawn_app_with};
 use crate::raw::{self, DO_FORMAT, data_message, frame};
 
 /// A client for `app` with these flags (and token), as `client FLAGS` would be.
-fn client(app: &TestApp, flags: &[&str], token: Option<&str>) -> Client {
+async fn client(app: &TestApp, flags: &[&str], token: Option<&str>) -> Client {
     let addr = format!("localhost:{}", app.addr.port());
     let mut args = ClientArgs::try_parse_from(
         ["client", "--addr", &addr, "--retries", "0"]
@@ -20,7 +20,7 @@ fn client(app: &TestApp, flags: &[&str], token: Option<&str>) -> Client {
     )
     .unwrap();
     args.auth_token = token.map(str::to_owned);
-    Client::new(&args).unwrap()
+    Client::connect(&args).await.unwrap()
 }
 
 fn code(error: ClientError) -> Option<Code> {
@@ -34,16 +34,24 @@ fn code(error: ClientError) -> Option<Code> {
 async fn with_a_token_formatdata_needs_it_and_health_does_not() {
     let app = spawn_app_with(&[], Some("s3cret")).await;
 
-    let without = client(&app, &[], None).format("x").await.unwrap_err();
+    let without = client(&app, &[], None).await.format("x").await.unwrap_err();
     assert_eq!(code(without), Some(Code::Unauthenticated));
     let wrong = client(&app, &[], Some("guess"))
+        .await
         .format("x")
         .await
         .unwrap_err();
     assert_eq!(code(wrong), Some(Code::Unauthenticated));
-    let right = client(&app, &[], Some("s3cret")).format("x").await.unwrap();
+    let right = client(&app, &[], Some("s3cret"))
+        .await
+        .format("x")
+        .await
+        .unwrap();
     assert_eq!(right, "X");
-    assert_eq!(client(&app, &[], None).health("").await.unwrap(), "SERVING");
+    assert_eq!(
+        client(&app, &[], None).await.health("").await.unwrap(),
+        "SERVING"
+    );
 }
 
 #[tokio::test]
@@ -57,11 +65,12 @@ async fn tls_clients_with_the_ca_succeed_and_plaintext_clients_fail() {
     let app = spawn_app_with(&["--tls-cert", &cert, "--tls-key", &key], None).await;
 
     let reply = client(&app, &["--tls-ca", &ca], None)
+        .await
         .format("tls")
         .await
         .unwrap();
     assert_eq!(reply, "TLS");
-    assert!(client(&app, &[], None).format("plain").await.is_err());
+    assert!(client(&app, &[], None).await.format("plain").await.is_err());
 }
 
 #[tokio::test]
@@ -73,15 +82,17 @@ async fn tls_domain_names_the_certificate_when_the_address_does_not() {
         certs.path("ca.pem"),
     );
     let app = spawn_app_with(&["--tls-cert", &cert, "--tls-key", &key], None).await;
-    let by_ip = |flags: &[&str]| {
+    let by_ip = async |flags: &[&str]| {
         let addr = app.addr.to_string();
         let base = ["client", "--addr", &addr, "--retries", "0", "--tls-ca", &ca];
-        Client::new(&ClientArgs::try_parse_from(base.iter().chain(flags)).unwrap()).unwrap()
+        let args = ClientArgs::try_parse_from(base.iter().chain(flags)).unwrap();
+        Client::connect(&args).await.unwrap()
     };
 
     // The certificate is for "localhost", not "127.0.0.1".
-    assert!(by_ip(&[]).format("x").await.is_err());
+    assert!(by_ip(&[]).await.format("x").await.is_err());
     let named = by_ip(&["--tls-domain", "localhost"])
+        .await
         .format("named")
         .await
         .unwrap();
@@ -109,7 +120,10 @@ async fn mutual_tls_needs_a_client_certificate() {
     )
     .await;
 
-    let anonymous = client(&app, &["--tls-ca", &ca], None).format("x").await;
+    let anonymous = client(&app, &["--tls-ca", &ca], None)
+        .await
+        .format("x")
+        .await;
     assert!(
         anonymous.is_err(),
         "a client without a certificate got through"
@@ -126,7 +140,8 @@ async fn mutual_tls_needs_a_client_certificate() {
             &client_key,
         ],
         None,
-    );
+    )
+    .await;
     assert_eq!(identified.format("mtls").await.unwrap(), "MTLS");
 }
 
@@ -154,6 +169,7 @@ async fn gzip_and_zstd_requests_get_replies() {
     let app = spawn_app().await;
     for compression in ["gzip", "zstd"] {
         let reply = client(&app, &["--compress", compression], None)
+            .await
             .format(&"compress me ".repeat(100))
             .await
             .unwrap();

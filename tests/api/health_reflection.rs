@@ -77,7 +77,12 @@ async fn watchers_see_not_serving_when_shutdown_begins_and_shutdown_ends_within_
 async fn reflection_lists_services_and_serves_the_file_defining_data() {
     let app = spawn_app().await;
     let args = ClientArgs::try_parse_from(["client", "--addr", &app.addr.to_string()]).unwrap();
-    let services = Client::new(&args).unwrap().list_services().await.unwrap();
+    let services = Client::connect(&args)
+        .await
+        .unwrap()
+        .list_services()
+        .await
+        .unwrap();
     for expected in ["example.FormatData", "grpc.health.v1.Health"] {
         assert!(services.iter().any(|name| name == expected), "{services:?}");
     }

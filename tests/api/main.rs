@@ -5,6 +5,7 @@
 
 mod auth_tls_compression;
 mod bad_input;
+mod balancing;
 mod bench;
 mod binaries;
 mod connections;
