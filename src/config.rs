@@ -70,6 +70,12 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS", default_value_t = 60)]
     pub keepalive_secs: u64,
 
+    /// Seconds a new connection gets to finish the TLS handshake and send the HTTP/2 preface;
+    /// a peer that connects and stays silent is dropped after it.
+    #[arg(long, env = "FORMATDATA_HANDSHAKE_TIMEOUT", default_value = "10",
+          value_parser = parse_positive_seconds)]
+    pub handshake_timeout: Duration,
+
     /// Serve Prometheus metrics (go-grpc-prometheus names, plus process metrics) at
     /// http://ADDR/metrics, as IP:PORT; off by default.
     #[arg(long, env = "FORMATDATA_METRICS_ADDR")]

@@ -10,6 +10,8 @@
 //! - [`service`]: the `FormatData` service implementation, shared by every server.
 //! - [`server`]: binding the listening sockets, then serving FormatData, health and reflection
 //!   over HTTP/2 (optionally TLS) until shutdown, with a grace period for calls in progress.
+//! - [`connection`]: one client connection: handshake deadline, TLS, HTTP/2 settings and
+//!   limits, and the misbehaving peers it drops.
 //! - [`fast_path`]: unary DoFormat handled directly, the benchmark's hot path.
 //! - [`middleware`]: around every call: gRPC-only, deadlines, standard status codes, call logs.
 //! - [`metrics`]: Prometheus metrics of every call, and the `/metrics` endpoint.
@@ -33,6 +35,7 @@ pub mod bench;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod connection;
 pub mod fast_path;
 pub mod metrics;
 pub mod middleware;

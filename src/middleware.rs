@@ -23,6 +23,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
+use crate::connection::CancelBudget;
 use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter};
 use tracing::{debug, warn};
 
@@ -52,6 +53,7 @@ impl<S> Layer<S> for CallsLayer {
             inner,
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
+            cancels: None,
         }
     }
 }
@@ -62,6 +64,16 @@ pub struct Calls<S> {
     inner: S,
     in_flight: Arc<InFlight>,
     metrics: Option<GrpcMetrics>,
+    /// The connection's count of calls its client cancelled (the rapid-reset defence).
+    cancels: Option<Arc<CancelBudget>>,
+}
+
+impl<S> Calls<S> {
+    /// This middleware for one connection, counting the calls its client cancels in `cancels`.
+    pub fn with_cancel_budget(mut self, cancels: Arc<CancelBudget>) -> Self {
+        self.cancels = Some(cancels);
+        self
+    }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -93,7 +105,12 @@ where
             messages: MessageCounter::default(),
             counter: metrics.as_ref().map(|metrics| metrics.received.clone()),
         });
-        let call = CallLog::start(request.uri(), self.in_flight.clone(), metrics);
+        let call = CallLog::start(
+            request.uri(),
+            self.in_flight.clone(),
+            metrics,
+            self.cancels.clone(),
+        );
 
         if !is_grpc(request.headers()) {
             let status = Status::invalid_argument(format!(
@@ -163,10 +180,17 @@ struct CallLog {
     metrics: Option<CallMetrics>,
     /// Reply messages seen so far, for `grpc_server_msg_sent_total`.
     sent: MessageCounter,
+    /// Where a call that never finishes is counted against its connection.
+    cancels: Option<Arc<CancelBudget>>,
 }
 
 impl CallLog {
-    fn start(uri: &http::Uri, in_flight: Arc<InFlight>, metrics: Option<CallMetrics>) -> Self {
+    fn start(
+        uri: &http::Uri,
+        in_flight: Arc<InFlight>,
+        metrics: Option<CallMetrics>,
+        cancels: Option<Arc<CancelBudget>>,
+    ) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
             method: uri
@@ -178,6 +202,7 @@ impl CallLog {
             finished: false,
             metrics,
             sent: MessageCounter::default(),
+            cancels,
         }
     }
 
@@ -213,6 +238,9 @@ impl Drop for CallLog {
         if !self.finished {
             if let Some(metrics) = &self.metrics {
                 metrics.finish(Code::Cancelled, self.started.elapsed().as_secs_f64());
+            }
+            if let Some(cancels) = &self.cancels {
+                cancels.record();
             }
             // The reply never completed: the client went away, or shutdown's grace ran out.
             let duration_us = self.started.elapsed().as_micros() as u64;

@@ -5,7 +5,6 @@
 //! addresses, port 0 included, before the first connection arrives, and so that "address in use"
 //! is reported before anything is served.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -16,11 +15,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::select_all;
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -30,10 +27,11 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
-use tracing::{debug, info, warn};
+use tracing::{error, info, warn};
 
 use crate::auth::RequireBearer;
 use crate::config::{HostPort, ServerArgs};
+use crate::connection::{CancelBudget, ConnectionSettings};
 use crate::fast_path::FastPath;
 use crate::metrics::GrpcMetrics;
 use crate::middleware::{CallsLayer, Counted, InFlight};
@@ -172,6 +170,8 @@ pub struct ServerConfig {
     max_concurrent_streams: u32,
     /// Interval of HTTP/2 keepalive pings; `None` turns them off.
     keepalive: Option<Duration>,
+    /// How long a new connection gets for the TLS handshake and the HTTP/2 preface.
+    handshake_timeout: Duration,
     /// Where to serve Prometheus metrics; `None` keeps them off.
     metrics_addr: Option<SocketAddr>,
 }
@@ -192,6 +192,7 @@ impl ServerConfig {
             max_message_bytes: args.max_message_bytes,
             max_concurrent_streams: args.max_concurrent_streams,
             keepalive: (args.keepalive_secs > 0).then(|| Duration::from_secs(args.keepalive_secs)),
+            handshake_timeout: args.handshake_timeout,
             metrics_addr: args.metrics_addr,
         })
     }
@@ -205,13 +206,6 @@ pub enum ServeError {
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics { addr: SocketAddr, source: io::Error },
 }
-
-/// How long a client gets to complete the TLS handshake before its connection is dropped.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest a keepalive ping may go unanswered before the peer is considered dead (gRPC's
-/// default); shorter ping intervals use their own length, so a dead peer goes within two.
-const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -250,16 +244,29 @@ pub async fn run(
         })
         .map_request(|request: http::Request<Counted<Incoming>>| request.map(Body::new))
         .service(routes);
-    let http2 = http2_builder(&config);
+    let connection = ConnectionSettings::new(
+        config.tls.clone(),
+        config.handshake_timeout,
+        config.max_concurrent_streams,
+        config.keepalive,
+    );
     log_startup(&listeners, &config);
 
-    let graceful = GracefulShutdown::new();
+    // Every connection watches this; a value sent means "drain": GOAWAY, finish, close.
+    let (drain, draining) = watch::channel(());
     let mut connections = JoinSet::new();
     let mut incoming = select_all(listeners.sockets.into_iter().map(TcpListenerStream::new));
     let mut shutdown = pin!(shutdown);
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => break,
+            // A finished task keeps its memory until it is joined: reap each as it ends.
+            Some(finished) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(error) = finished {
+                    error!("a connection task failed: {error}");
+                }
+                continue;
+            }
             accepted = incoming.next() => match accepted {
                 Some(Ok(stream)) => stream,
                 Some(Err(error)) => {
@@ -272,13 +279,13 @@ pub async fn run(
         };
         // Replies are small and written whole: Nagle's algorithm would only delay them.
         let _ = stream.set_nodelay(true);
-        while connections.try_join_next().is_some() {}
-        connections.spawn(serve_connection(
+        let cancels = Arc::new(CancelBudget::default());
+        let service = service.clone().with_cancel_budget(cancels.clone());
+        connections.spawn(connection.clone().serve(
             stream,
-            config.tls.clone(),
-            http2.clone(),
-            TowerToHyperService::new(service.clone()),
-            graceful.watcher(),
+            TowerToHyperService::new(service),
+            cancels,
+            draining.clone(),
         ));
     }
 
@@ -294,7 +301,9 @@ pub async fn run(
         "shutting down: stopped listening, waiting up to {:?} for calls in progress",
         config.shutdown_grace
     );
-    match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+    drain.send_replace(());
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match tokio::time::timeout(config.shutdown_grace, drained).await {
         Ok(()) => info!("all calls finished; server stopped"),
         Err(_) => {
             warn!(
@@ -342,81 +351,6 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
-/// has read. The protocol's default, as grpc-go uses; it bounds a stalled stream's buffer.
-const STREAM_WINDOW: u32 = 64 * 1024;
-
-/// HTTP/2 flow-control window of a whole connection.
-///
-/// Larger than the streams' sum would need, on purpose: h2 drops a connection (GOAWAY
-/// ENHANCE_YOUR_CALM "too_many_data_frames") when it holds more small DATA frames than a budget
-/// of half this window allows. A grpcio client streaming tiny messages to a service that reads
-/// them at the pace of its replies (`DoFormatStream`, flow-controlled) fills a stream window with
-/// thousands of frames: 64 KiB of 25-byte messages costs ~0.6 M of that budget, so 16 MiB
-/// (8 M) leaves room for a dozen such stalled streams per connection.
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-
-fn http2_builder(config: &ServerConfig) -> http2::Builder<TokioExecutor> {
-    let mut builder = http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .keep_alive_interval(config.keepalive)
-        .keep_alive_timeout(config.keepalive.map_or(MAX_KEEPALIVE_TIMEOUT, |interval| {
-            interval.min(MAX_KEEPALIVE_TIMEOUT)
-        }));
-    builder
-}
-
-/// One client connection, from the TLS handshake (if any) to its close.
-async fn serve_connection<S>(
-    stream: TcpStream,
-    tls: Option<TlsAcceptor>,
-    http2: http2::Builder<TokioExecutor>,
-    service: S,
-    watcher: Watcher,
-) where
-    S: hyper::service::Service<
-            http::Request<Incoming>,
-            Response = http::Response<Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let peer = stream.peer_addr().ok();
-    let result = match tls {
-        None => {
-            watcher
-                .watch(http2.serve_connection(TokioIo::new(stream), service))
-                .await
-        }
-        Some(acceptor) => {
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => {
-                    watcher
-                        .watch(http2.serve_connection(TokioIo::new(stream), service))
-                        .await
-                }
-                Ok(Err(error)) => {
-                    warn!(?peer, "TLS handshake failed: {error}");
-                    return;
-                }
-                Err(_) => {
-                    warn!(?peer, "TLS handshake timed out");
-                    return;
-                }
-            }
-        }
-    };
-    if let Err(error) = result {
-        debug!(?peer, "connection ended with an error: {error}");
-    }
 }
 
 fn log_startup(listeners: &Listeners, config: &ServerConfig) {

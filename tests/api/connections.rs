@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{spawn_app, spawn_app_with};
 use crate::raw;
 
 #[tokio::test]
@@ -47,4 +47,41 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_client_cancelling_calls_by_the_thousand_is_cut_off() {
+    let app = spawn_app().await;
+    let mut client = raw::connect(app.addr).await;
+
+    // Each call is accepted (its reply headers arrive), then cancelled: a pace h2's own
+    // rapid-reset check, which counts resets of streams not yet accepted, never sees.
+    let mut cancelled = 0;
+    while let Ok(ready) = client.clone().ready().await {
+        client = ready;
+        let Ok((response, mut send)) = raw::try_start_call(&mut client, raw::DO_FORMAT_STREAM, &[])
+        else {
+            break;
+        };
+        if response.await.is_err() {
+            break;
+        }
+        send.send_reset(h2::Reason::CANCEL);
+        cancelled += 1;
+        assert!(
+            cancelled <= 2_000,
+            "still served after {cancelled} cancelled calls"
+        );
+    }
+
+    assert!(
+        cancelled > 1_000,
+        "cut off after only {cancelled} cancelled calls"
+    );
+    // Everyone else is served as before.
+    let mut fresh = app.client().await;
+    let reply = fresh
+        .do_format(formatdata::pb::Data { text: "ok".into() })
+        .await;
+    assert_eq!(reply.unwrap().into_inner().text, "OK");
 }

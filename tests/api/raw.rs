@@ -63,6 +63,15 @@ pub fn start_call(
     path: &str,
     headers: &[(&'static str, &str)],
 ) -> (ResponseFuture, SendStream<Bytes>) {
+    try_start_call(client, path, headers).expect("send request")
+}
+
+/// [`start_call`], failing when the connection takes no new streams (after a GOAWAY, say).
+pub fn try_start_call(
+    client: &mut SendRequest<Bytes>,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
     let mut request = http::Request::post(format!("http://formatdata{path}"))
         .body(())
         .unwrap();
@@ -72,7 +81,7 @@ pub fn start_call(
             .headers_mut()
             .insert(*name, value.parse().expect("header value"));
     }
-    client.send_request(request, false).expect("send request")
+    client.send_request(request, false)
 }
 
 /// Waits for the whole reply: headers, body and trailers.
@@ -129,3 +138,5 @@ pub fn data_message(text: &[u8]) -> Vec<u8> {
 }
 
 pub const DO_FORMAT: &str = "/example.FormatData/DoFormat";
+
+pub const DO_FORMAT_STREAM: &str = "/example.FormatData/DoFormatStream";
