@@ -1,31 +1,14 @@
 //! Prometheus metrics: go-grpc-prometheus names and labels, scraped over HTTP like Prometheus.
 
 use formatdata::pb::Data;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{closed_port, spawn_app_with};
+use crate::helpers::{closed_port, metric_sample as sample, scrape_metrics, spawn_app_with};
 
-/// `GET /metrics` over a plain HTTP/1.1 connection; returns the body.
+/// `GET /metrics` from the app on `port`, off the async runtime the app runs on.
 async fn scrape(port: u16) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    tokio::task::spawn_blocking(move || scrape_metrics(([127, 0, 0, 1], port).into()))
         .await
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain"), "{head}");
-    body.to_owned()
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap()
 }
 
 #[tokio::test]
