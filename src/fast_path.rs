@@ -148,6 +148,11 @@ where
                     "request message of {declared} bytes is over the {limit}-byte limit"
                 )));
             }
+            // Checked as the bytes come, not at the end: a client must not be able to make the
+            // server buffer an endless body behind one small message.
+            if received.len() > PREFIX + declared as usize {
+                return Err(more_than_one_message());
+            }
         }
     }
     if received.is_empty() {
@@ -170,14 +175,16 @@ where
             "truncated gRPC frame: unexpected EOF after {} of {length} bytes",
             received.len()
         ))),
-        std::cmp::Ordering::Greater => Err(Status::invalid_argument(
-            "more than one message in a unary call",
-        )),
+        std::cmp::Ordering::Greater => Err(more_than_one_message()),
         // prost's message names the problem, as our codec reports it on tonic's path.
         std::cmp::Ordering::Equal => {
             Data::decode(received).map_err(|error| Status::invalid_argument(error.to_string()))
         }
     }
+}
+
+fn more_than_one_message() -> Status {
+    Status::invalid_argument("more than one message in a unary call")
 }
 
 /// The framed reply: prefix and encoded message in one buffer.

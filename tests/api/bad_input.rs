@@ -184,3 +184,27 @@ async fn a_malformed_deadline_is_invalid_argument() {
         reply.message()
     );
 }
+
+#[tokio::test]
+async fn a_unary_call_that_keeps_sending_after_its_message_is_stopped_early() {
+    let app = spawn_app().await;
+    let mut client = raw::connect(app.addr).await;
+
+    // One small message, then more bytes and no end of stream: the server must answer as soon
+    // as it sees the extra bytes, not buffer the body for as long as the client sends.
+    let (response, mut send) = raw::start_call(&mut client, DO_FORMAT, &[]);
+    send.send_data(frame(false, &data_message(b"one")), false)
+        .unwrap();
+    send.send_data(vec![0u8; 1024].into(), false).unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), raw::read_reply(response))
+        .await
+        .expect("answered before the body ended");
+
+    assert_eq!(reply.code(), Code::InvalidArgument, "{}", reply.message());
+    assert!(
+        reply.message().contains("more than one message"),
+        "{}",
+        reply.message()
+    );
+    assert_still_serving(&app).await;
+}
