@@ -72,7 +72,7 @@ where
     S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Status>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -94,7 +94,7 @@ where
 async fn do_format<B>(body: B, limit: usize) -> Result<Response<Body>, Infallible>
 where
     B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Status>,
 {
     let reply = match read_message(body, limit).await {
         Ok(message) => encode_reply(message, limit),
@@ -124,13 +124,14 @@ where
 async fn read_message<B>(mut body: B, limit: usize) -> Result<Data, Status>
 where
     B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
+    B::Error: Into<Status>,
 {
     // Usually the whole message comes in one DATA frame: keep those bytes as they are, and only
     // copy into a buffer when a second frame follows.
     let mut received = Bytes::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| Status::cancelled(format!("request body: {error}")))?;
+        // The body's own errors are statuses already (`middleware::Counted`).
+        let frame = frame.map_err(Into::into)?;
         if let Ok(data) = frame.into_data() {
             received = if received.is_empty() {
                 data
@@ -142,6 +143,10 @@ where
             };
         }
         if received.len() >= PREFIX {
+            // The flag before the length, in tonic's order, so both paths blame the same fault.
+            if received[0] != 0 {
+                return Err(compressed_without_encoding());
+            }
             let declared = u32::from_be_bytes(received[1..PREFIX].try_into().expect("4 bytes"));
             if declared as usize > limit {
                 return Err(Status::resource_exhausted(format!(
@@ -149,7 +154,8 @@ where
                 )));
             }
             // Checked as the bytes come, not at the end: a client must not be able to make the
-            // server buffer an endless body behind one small message.
+            // server buffer an endless body behind one small message. (`middleware::Counted`
+            // refuses a second message as well; this keeps the fast path safe on its own.)
             if received.len() > PREFIX + declared as usize {
                 return Err(more_than_one_message());
             }
@@ -163,13 +169,8 @@ where
             "truncated gRPC frame: unexpected EOF",
         ));
     }
-    let compressed = received.get_u8();
+    received.advance(1); // the flag, checked above
     let length = received.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::invalid_argument(
-            "message flagged compressed, but no grpc-encoding was given",
-        ));
-    }
     match received.len().cmp(&length) {
         std::cmp::Ordering::Less => Err(Status::invalid_argument(format!(
             "truncated gRPC frame: unexpected EOF after {} of {length} bytes",
@@ -181,6 +182,11 @@ where
             Data::decode(received).map_err(|error| Status::invalid_argument(error.to_string()))
         }
     }
+}
+
+/// A flag other than 0: compressed (1) without a `grpc-encoding` to say how, or no flag at all.
+fn compressed_without_encoding() -> Status {
+    Status::invalid_argument("message flagged compressed, but no grpc-encoding was given")
 }
 
 fn more_than_one_message() -> Status {

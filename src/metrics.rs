@@ -19,6 +19,14 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tracing::{debug, warn};
 
+/// Whether the method at `path` takes exactly one request message (unary and server-streaming
+/// methods); `false` for unknown paths, which the router refuses anyway.
+pub fn takes_one_request(path: &str) -> bool {
+    METHODS
+        .iter()
+        .any(|method| method.path == path && matches!(method.kind, "unary" | "server_stream"))
+}
+
 /// A method we serve, with its labels.
 struct Method {
     path: &'static str,
@@ -229,9 +237,21 @@ pub struct MessageCounter {
     prefix: [u8; 5],
     prefix_read: usize,
     remaining: usize,
+    /// Messages whose first byte has been seen.
+    begun: u64,
 }
 
 impl MessageCounter {
+    /// Whether the bytes fed so far stop inside a message (its prefix or its body).
+    pub fn mid_message(&self) -> bool {
+        self.prefix_read > 0 || self.remaining > 0
+    }
+
+    /// Messages begun so far: whole ones, and one whose prefix has started.
+    pub fn begun(&self) -> u64 {
+        self.begun
+    }
+
     /// Feeds the next bytes; returns how many messages began in them.
     pub fn feed(&mut self, mut bytes: &[u8]) -> u64 {
         let mut messages = 0;
@@ -241,6 +261,9 @@ impl MessageCounter {
                 self.remaining -= skipped;
                 bytes = &bytes[skipped..];
                 continue;
+            }
+            if self.prefix_read == 0 {
+                self.begun += 1;
             }
             let taken = (5 - self.prefix_read).min(bytes.len());
             self.prefix[self.prefix_read..self.prefix_read + taken]

@@ -24,7 +24,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::connection::CancelBudget;
-use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter};
+use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter, takes_one_request};
 use tracing::{debug, warn};
 
 /// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
@@ -100,10 +100,10 @@ where
             .metrics
             .as_ref()
             .and_then(|metrics| metrics.start(request.uri().path()));
-        let request = request.map(|body| Counted {
-            inner: body,
-            messages: MessageCounter::default(),
-            counter: metrics.as_ref().map(|metrics| metrics.received.clone()),
+        let one_message = takes_one_request(request.uri().path());
+        let request = request.map(|body| {
+            let counter = metrics.as_ref().map(|metrics| metrics.received.clone());
+            Counted::new(body, counter, one_message)
         });
         let call = CallLog::start(
             request.uri(),
@@ -342,36 +342,88 @@ impl HttpBody for LoggedBody {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body that counts the gRPC messages read from it, for
-    /// `grpc_server_msg_received_total`.
+    /// A request body that follows its gRPC framing: it counts the messages read, for
+    /// `grpc_server_msg_received_total`, fails a body that ends inside a message, and one that
+    /// carries a second message to a method that takes one.
+    ///
+    /// tonic's unary handling reads the first message and then drains and drops any others, for
+    /// as long as the client sends them; gRPC allows exactly one (grpc-go and grpc-core refuse
+    /// more), and the fast path refuses them as they arrive.
+    ///
+    /// tonic's decoder misses that case when the body stops right after a message's 5-byte
+    /// prefix (it has consumed the prefix, finds its buffer empty, and takes the end of the body
+    /// for a clean end of stream), so a stream's last, truncated message would vanish without an
+    /// error. Found by `fuzz/`'s request target.
     pub struct Counted<B> {
         #[pin]
         inner: B,
         messages: MessageCounter,
         counter: Option<IntCounter>,
+        one_message: bool,
+        ended: bool,
     }
 }
 
-impl<B: HttpBody<Data = bytes::Bytes>> HttpBody for Counted<B> {
+impl<B> Counted<B> {
+    fn new(inner: B, counter: Option<IntCounter>, one_message: bool) -> Self {
+        Self {
+            inner,
+            messages: MessageCounter::default(),
+            counter,
+            one_message,
+            ended: false,
+        }
+    }
+}
+
+impl<B> HttpBody for Counted<B>
+where
+    B: HttpBody<Data = bytes::Bytes>,
+    B::Error: Into<tonic::codegen::StdError>,
+{
     type Data = bytes::Bytes;
-    type Error = B::Error;
+    type Error = Status;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        if let (Some(counter), Some(Ok(frame))) = (this.counter.as_ref(), frame.as_ref())
-            && let Some(data) = frame.data_ref()
-        {
-            counter.inc_by(this.messages.feed(data));
+        if *this.ended {
+            return Poll::Ready(None);
         }
-        Poll::Ready(frame)
+        let frame = match ready!(this.inner.poll_frame(cx)) {
+            Some(Ok(frame)) => frame,
+            // As tonic's decoder would map it (a reset stream is CANCELLED, and so on).
+            Some(Err(error)) => return Poll::Ready(Some(Err(Status::from_error(error.into())))),
+            None => {
+                *this.ended = true;
+                if this.messages.mid_message() {
+                    return Poll::Ready(Some(Err(Status::invalid_argument(
+                        "truncated gRPC frame: unexpected EOF inside a message",
+                    ))));
+                }
+                return Poll::Ready(None);
+            }
+        };
+        if let Some(data) = frame.data_ref() {
+            let began = this.messages.feed(data);
+            if let Some(counter) = this.counter {
+                counter.inc_by(began);
+            }
+            if *this.one_message && this.messages.begun() > 1 {
+                *this.ended = true;
+                return Poll::Ready(Some(Err(Status::invalid_argument(
+                    "more than one message in a unary call",
+                ))));
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not done until the framing check has run at the end of the body.
+        self.ended
     }
 
     fn size_hint(&self) -> SizeHint {

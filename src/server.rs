@@ -5,6 +5,7 @@
 //! addresses, port 0 included, before the first connection arrives, and so that "address in use"
 //! is reported before anything is served.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower::Service;
 use tower::ServiceBuilder;
 use tracing::{error, info, warn};
 
@@ -34,7 +37,7 @@ use crate::config::{HostPort, ServerArgs};
 use crate::connection::{CancelBudget, ConnectionSettings};
 use crate::fast_path::FastPath;
 use crate::metrics::GrpcMetrics;
-use crate::middleware::{CallsLayer, Counted, InFlight};
+use crate::middleware::{Calls, CallsLayer, Counted, InFlight};
 use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
 use crate::service::FormatDataService;
@@ -220,30 +223,17 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<FormatDataServer<FormatDataService>>()
-        .await;
+    let (health, routes) = routes(&config).await?;
     let in_flight = Arc::new(InFlight::default());
     let metrics = match config.metrics_addr {
         Some(addr) => Some(serve_metrics(addr).await?),
         None => None,
     };
-    let routes = Routes::new(health_service)
-        .add_service(format_data(&config))
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .prepare();
-    let service = ServiceBuilder::new()
-        .layer(CallsLayer {
-            in_flight: in_flight.clone(),
-            metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
-        })
-        .layer_fn(|routes| {
-            FastPath::new(routes, !config.auth.is_enabled(), config.max_message_bytes)
-        })
-        .map_request(|request: http::Request<Counted<Incoming>>| request.map(Body::new))
-        .service(routes);
+    let calls = CallsLayer {
+        in_flight: in_flight.clone(),
+        metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
+    };
+    let service = http_service::<Incoming>(routes, calls, &config);
     let connection = ConnectionSettings::new(
         config.tls.clone(),
         config.handshake_timeout,
@@ -317,6 +307,51 @@ pub async fn run(
         endpoint.abort();
     }
     Ok(())
+}
+
+/// tonic's router over FormatData, health (reporting SERVING) and reflection, and the reporter
+/// that sets what health says.
+pub async fn routes(config: &ServerConfig) -> Result<(HealthReporter, Routes), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<FormatDataServer<FormatDataService>>()
+        .await;
+    let routes = Routes::new(health_service)
+        .add_service(format_data(config))
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .prepare();
+    Ok((health, routes))
+}
+
+/// The HTTP service every connection is served by: the per-call middleware (`calls`), the fast
+/// path, then `routes`. Generic over the request body, so it can be driven without a socket,
+/// as the fuzz targets do.
+pub fn http_service<B>(
+    routes: Routes,
+    calls: CallsLayer,
+    config: &ServerConfig,
+) -> Calls<
+    impl Service<
+        http::Request<Counted<B>>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    ServiceBuilder::new()
+        .layer(calls)
+        .layer_fn(|routes| {
+            FastPath::new(routes, !config.auth.is_enabled(), config.max_message_bytes)
+        })
+        .map_request(|request: http::Request<Counted<B>>| request.map(Body::new))
+        .service(routes)
 }
 
 /// Binds the metrics endpoint and serves it in the background.

@@ -208,3 +208,43 @@ async fn a_unary_call_that_keeps_sending_after_its_message_is_stopped_early() {
     );
     assert_still_serving(&app).await;
 }
+
+#[tokio::test]
+async fn a_stream_ending_inside_a_message_prefix_is_invalid_argument() {
+    let app = spawn_app().await;
+
+    // One whole message, then the 5-byte prefix of a 69-byte one and the end of the stream:
+    // the first is answered, the stump is an error, not a quiet end of stream.
+    let mut body = frame(false, &data_message(b"whole")).to_vec();
+    body.extend_from_slice(&[0, 0, 0, 0, 69]);
+    let reply = raw::call(app.addr, raw::DO_FORMAT_STREAM, &[], body.into()).await;
+
+    assert_eq!(reply.code(), Code::InvalidArgument, "{}", reply.message());
+    assert!(reply.message().contains("EOF"), "{}", reply.message());
+    assert_eq!(reply.body, frame(false, &data_message(b"WHOLE")));
+    assert_still_serving(&app).await;
+}
+
+#[tokio::test]
+async fn a_unary_call_with_two_messages_is_invalid_argument_on_every_path() {
+    let app = spawn_app().await;
+    let mut two = frame(false, &data_message(b"one")).to_vec();
+    two.extend_from_slice(&frame(false, &data_message(b"two")));
+
+    // The fast path, tonic's path (a client that accepts gzip replies), and another service.
+    for (path, headers) in [
+        (DO_FORMAT, &[][..]),
+        (DO_FORMAT, &[("grpc-accept-encoding", "gzip")][..]),
+        ("/grpc.health.v1.Health/Check", &[][..]),
+    ] {
+        let reply = raw::call(app.addr, path, headers, two.clone().into()).await;
+
+        assert_eq!(reply.code(), Code::InvalidArgument, "{path} {headers:?}");
+        assert!(
+            reply.message().contains("more than one message"),
+            "{path} {headers:?}: {}",
+            reply.message()
+        );
+    }
+    assert_still_serving(&app).await;
+}
