@@ -248,3 +248,23 @@ async fn a_unary_call_with_two_messages_is_invalid_argument_on_every_path() {
     }
     assert_still_serving(&app).await;
 }
+
+#[tokio::test]
+async fn a_bad_compression_flag_is_invalid_argument_whatever_length_follows() {
+    let app = spawn_app().await;
+    // Flag 91 (only 0 and 1 exist), then a length far over the limit: the flag is the fault,
+    // on the fast path as on tonic's (found by fuzzing: the two used to disagree).
+    let body = bytes::Bytes::from_static(&[91, 0x4a, 0x01, 0x2a, 0x2a]);
+
+    for headers in [&[][..], &[("grpc-accept-encoding", "gzip")][..]] {
+        let reply = raw::call(app.addr, DO_FORMAT, headers, body.clone()).await;
+
+        assert_eq!(
+            reply.code(),
+            Code::InvalidArgument,
+            "{headers:?}: {}",
+            reply.message()
+        );
+    }
+    assert_still_serving(&app).await;
+}
