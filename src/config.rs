@@ -81,6 +81,22 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
 
+    /// Serve gRPC-Web (over HTTP/1.1 and HTTP/2) next to gRPC, for browsers: true or false
+    /// [default: true when every address served is loopback, false otherwise].
+    #[arg(long, env = "FORMATDATA_GRPC_WEB", num_args = 0..=1, default_missing_value = "true",
+          value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub grpc_web: Option<bool>,
+
+    /// An origin (scheme://host[:port]) whose pages may call the server with gRPC-Web (CORS);
+    /// repeat or separate with commas for several. None by default: same-origin pages only.
+    #[arg(long = "cors-origin", env = "FORMATDATA_CORS_ORIGINS", value_delimiter = ',',
+          value_name = "ORIGIN", value_parser = parse_origin)]
+    pub cors_origins: Vec<http::HeaderValue>,
+
+    /// Do not serve the playground page at / (it is served only with gRPC-Web on).
+    #[arg(long, env = "FORMATDATA_NO_PLAYGROUND")]
+    pub no_playground: bool,
+
     /// Worker threads [default: one per CPU this process may run on].
     #[arg(long, env = "FORMATDATA_THREADS")]
     pub threads: Option<std::num::NonZeroUsize>,
@@ -372,6 +388,26 @@ impl fmt::Display for HostPort {
     }
 }
 
+/// A web origin as browsers send it in `Origin`: `http://` or `https://`, a host, an optional
+/// port, and nothing after.
+fn parse_origin(value: &str) -> Result<http::HeaderValue, String> {
+    let invalid =
+        || format!("'{value}' is not an origin like https://example.com or http://localhost:3000");
+    let authority = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+        .ok_or_else(invalid)?;
+    // HOST or HOST:PORT, read as the addresses are (IPv6 in brackets).
+    let host_port = authority
+        .parse::<HostPort>()
+        .or_else(|_| format!("{authority}:0").parse::<HostPort>())
+        .map_err(|_| invalid())?;
+    if host_port.host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(invalid());
+    }
+    http::HeaderValue::from_str(value).map_err(|_| invalid())
+}
+
 fn parse_seconds(value: &str) -> Result<Duration, String> {
     value
         .parse::<f64>()
@@ -490,6 +526,46 @@ mod tests {
         let text = ClientArgs::try_parse_from(["client", "--", "health"]).unwrap();
         assert!(text.command.is_none());
         assert_eq!(text.text(), "health");
+    }
+
+    #[test]
+    fn grpc_web_is_decided_by_the_flag_or_left_to_the_addresses() {
+        let web = |flags: &[&str]| {
+            ServerArgs::try_parse_from(["server"].iter().chain(flags))
+                .unwrap()
+                .grpc_web
+        };
+        assert_eq!(web(&[]), None);
+        assert_eq!(web(&["--grpc-web"]), Some(true));
+        assert_eq!(web(&["--grpc-web=false"]), Some(false));
+        assert_eq!(web(&["--grpc-web", "off"]), Some(false));
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let args = ServerArgs::try_parse_from([
+            "server",
+            "--cors-origin",
+            "https://example.com,http://localhost:3000",
+            "--cors-origin",
+            "http://[::1]:8000",
+        ])
+        .unwrap();
+        assert_eq!(args.cors_origins.len(), 3);
+        for bad in [
+            "example.com",
+            "https://example.com/",
+            "https://example.com/path",
+            "ftp://example.com",
+            "https://",
+            "https://host:port",
+            "*",
+        ] {
+            assert!(
+                ServerArgs::try_parse_from(["server", "--cors-origin", bad]).is_err(),
+                "{bad} should be rejected"
+            );
+        }
     }
 
     #[test]

@@ -17,8 +17,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
@@ -45,29 +45,35 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// default); shorter ping intervals use their own length, so a dead peer goes within two.
 const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Every HTTP/2 connection starts with these 24 bytes from the client.
+/// Every HTTP/2 connection starts with these 24 bytes from the client (and any HTTP/1.1
+/// request is longer).
 const PREFACE_LEN: usize = 24;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How every accepted connection is served; shared by all of them.
 #[derive(Clone)]
 pub struct ConnectionSettings {
-    /// TLS acceptor when `--tls-cert` is set; plaintext HTTP/2 otherwise.
+    /// TLS acceptor when `--tls-cert` is set; plaintext otherwise.
     pub tls: Option<TlsAcceptor>,
-    /// How long a new peer gets for the TLS handshake and the HTTP/2 preface together.
+    /// How long a new peer gets for the TLS handshake and its first request together.
     pub handshake_timeout: Duration,
-    /// HTTP/2 settings: windows, stream limit, keepalive.
-    pub http2: http2::Builder<TokioExecutor>,
+    /// HTTP/2 settings (windows, stream limit, keepalive), and HTTP/1.1 when gRPC-Web needs it.
+    pub http: auto::Builder<TokioExecutor>,
 }
 
 impl ConnectionSettings {
+    /// `http1`: also serve HTTP/1.1 (for gRPC-Web and the playground); otherwise HTTP/2 only,
+    /// as gRPC needs.
     pub fn new(
         tls: Option<TlsAcceptor>,
         handshake_timeout: Duration,
         max_concurrent_streams: u32,
         keepalive: Option<Duration>,
+        http1: bool,
     ) -> Self {
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http2()
             .timer(TokioTimer::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
@@ -76,10 +82,17 @@ impl ConnectionSettings {
             .keep_alive_timeout(keepalive.map_or(MAX_KEEPALIVE_TIMEOUT, |interval| {
                 interval.min(MAX_KEEPALIVE_TIMEOUT)
             }));
+        // A slow HTTP/1.1 client gets as long for each request head as for the handshake.
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(handshake_timeout);
+        if !http1 {
+            http = http.http2_only();
+        }
         Self {
             tls,
             handshake_timeout,
-            http2,
+            http,
         }
     }
 
@@ -102,14 +115,14 @@ impl ConnectionSettings {
         let result = match &self.tls {
             None => {
                 let stream = PrefaceDeadline::new(stream, deadline);
-                self.serve_http2(stream, service, &cancels, &mut drain, peer)
+                self.serve_http(stream, service, &cancels, &mut drain, peer)
                     .await
             }
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let stream = PrefaceDeadline::new(stream, deadline);
-                        self.serve_http2(stream, service, &cancels, &mut drain, peer)
+                        self.serve_http(stream, service, &cancels, &mut drain, peer)
                             .await
                     }
                     Ok(Err(error)) => {
@@ -128,26 +141,26 @@ impl ConnectionSettings {
             }
         };
         if let Err(error) = result {
-            log_end(peer, &error, self.handshake_timeout);
+            log_end(peer, &*error, self.handshake_timeout);
         }
     }
 
-    /// HTTP/2 over `io` until the connection ends, draining it on `drain` or when its client
-    /// has cancelled too many calls.
-    async fn serve_http2<I, S>(
+    /// HTTP over `io` until the connection ends, draining it on `drain` or when its client has
+    /// cancelled too many calls.
+    async fn serve_http<I, S>(
         &self,
         io: I,
         service: S,
         cancels: &CancelBudget,
         drain: &mut watch::Receiver<()>,
         peer: Option<SocketAddr>,
-    ) -> Result<(), hyper::Error>
+    ) -> Result<(), BoxError>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
         S: HttpService,
         S::Future: Send + 'static,
     {
-        let mut connection = pin!(self.http2.serve_connection(TokioIo::new(io), service));
+        let mut connection = pin!(self.http.serve_connection(TokioIo::new(io), service));
         let mut closing = false;
         loop {
             tokio::select! {
@@ -238,18 +251,30 @@ impl CancelBudget {
 
 /// Logs why a connection ended with an error: a peer the server dropped for misbehaving gets a
 /// warning that says why; a peer that merely went away is routine.
-fn log_end(peer: Option<SocketAddr>, error: &hyper::Error, handshake_timeout: Duration) {
-    let cause = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |error| {
-        error.source()
-    });
-    for cause in cause {
+fn log_end(
+    peer: Option<SocketAddr>,
+    error: &(dyn std::error::Error + 'static),
+    handshake_timeout: Duration,
+) {
+    let causes = std::iter::successors(Some(error), |error| error.source());
+    for cause in causes {
         if let Some(io) = cause.downcast_ref::<io::Error>()
             && io.kind() == io::ErrorKind::TimedOut
             && io.get_ref().is_some_and(|inner| inner.is::<NoPreface>())
         {
             warn!(
                 ?peer,
-                "dropped a connection: no HTTP/2 preface within {handshake_timeout:?}"
+                "dropped a connection: it sent no request (HTTP/2 preface or HTTP/1.1 request \
+                 line) within {handshake_timeout:?}"
+            );
+            return;
+        }
+        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
+            && hyper.is_timeout()
+        {
+            warn!(
+                ?peer,
+                "dropped a connection: keepalive ping unanswered, or a request head too slow"
             );
             return;
         }
@@ -264,11 +289,7 @@ fn log_end(peer: Option<SocketAddr>, error: &hyper::Error, handshake_timeout: Du
             return;
         }
     }
-    if error.is_timeout() {
-        warn!(?peer, "dropped a connection: keepalive ping unanswered");
-    } else {
-        debug!(?peer, "connection ended with an error: {error}");
-    }
+    debug!(?peer, "connection ended with an error: {error}");
 }
 
 /// The error a connection fails with when its preface is late.

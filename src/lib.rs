@@ -14,6 +14,7 @@
 //!   limits, and the misbehaving peers it drops.
 //! - [`fast_path`]: unary DoFormat handled directly, the benchmark's hot path.
 //! - [`middleware`]: around every call: gRPC-only, deadlines, standard status codes, call logs.
+//! - [`web`]: gRPC-Web for browsers on the same port (tonic-web, CORS) and the playground page.
 //! - [`metrics`]: Prometheus metrics of every call, and the `/metrics` endpoint.
 //! - [`auth`]: the bearer-token check on FormatData calls.
 //! - [`tls`]: rustls configuration for the server and the client.
@@ -46,6 +47,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod uppercase;
+pub mod web;
 
 /// Code generated from `proto/data.proto` (package `example`).
 pub mod pb {

@@ -42,6 +42,7 @@ use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
 use crate::service::FormatDataService;
 use crate::tls::{self, TlsError};
+use crate::web::{Front, WebSettings};
 
 /// How many times to retry when port 0 was asked for on a name with several addresses and the
 /// free port picked on the first address is taken on another one.
@@ -177,14 +178,25 @@ pub struct ServerConfig {
     handshake_timeout: Duration,
     /// Where to serve Prometheus metrics; `None` keeps them off.
     metrics_addr: Option<SocketAddr>,
+    /// `--grpc-web`: `None` leaves it to the addresses (on when all are loopback).
+    grpc_web: Option<bool>,
+    /// Serve the playground at `/` when gRPC-Web is on.
+    playground: bool,
+    /// Origins allowed to call from a browser page (CORS).
+    cors_origins: Vec<http::HeaderValue>,
 }
 
 impl ServerConfig {
     pub fn from_args(args: &ServerArgs) -> Result<Self, TlsError> {
+        // Browsers reach gRPC-Web over HTTP/1.1 as well, so offer it in ALPN unless it is off.
+        let http1 = args.grpc_web != Some(false);
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => {
-                Some(tls::acceptor(cert, key, args.tls_client_ca.as_deref())?)
-            }
+            (Some(cert), Some(key)) => Some(tls::acceptor(
+                cert,
+                key,
+                args.tls_client_ca.as_deref(),
+                http1,
+            )?),
             _ => None,
         };
         Ok(Self {
@@ -197,6 +209,9 @@ impl ServerConfig {
             keepalive: (args.keepalive_secs > 0).then(|| Duration::from_secs(args.keepalive_secs)),
             handshake_timeout: args.handshake_timeout,
             metrics_addr: args.metrics_addr,
+            grpc_web: args.grpc_web,
+            playground: !args.no_playground,
+            cors_origins: args.cors_origins.clone(),
         })
     }
 }
@@ -233,14 +248,19 @@ pub async fn run(
         in_flight: in_flight.clone(),
         metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
     };
-    let service = http_service::<Incoming>(routes, calls, &config);
+    let web = web_settings(&config, listeners.local_addrs());
+    let native = http_service::<Incoming>(routes.clone(), calls.clone(), &config);
+    let grpc_web = web
+        .grpc_web
+        .then(|| http_service::<Body>(routes, calls, &config));
     let connection = ConnectionSettings::new(
         config.tls.clone(),
         config.handshake_timeout,
         config.max_concurrent_streams,
         config.keepalive,
+        web.grpc_web,
     );
-    log_startup(&listeners, &config);
+    log_startup(&listeners, &config, &web);
 
     // Every connection watches this; a value sent means "drain": GOAWAY, finish, close.
     let (drain, draining) = watch::channel(());
@@ -270,7 +290,13 @@ pub async fn run(
         // Replies are small and written whole: Nagle's algorithm would only delay them.
         let _ = stream.set_nodelay(true);
         let cancels = Arc::new(CancelBudget::default());
-        let service = service.clone().with_cancel_budget(cancels.clone());
+        let service = Front::new(
+            native.clone().with_cancel_budget(cancels.clone()),
+            grpc_web
+                .as_ref()
+                .map(|web| web.clone().with_cancel_budget(cancels.clone())),
+            &web,
+        );
         connections.spawn(connection.clone().serve(
             stream,
             TowerToHyperService::new(service),
@@ -388,7 +414,20 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-fn log_startup(listeners: &Listeners, config: &ServerConfig) {
+/// What browsers get: gRPC-Web when asked for, or by default when every address is loopback
+/// (a local playground, safe by default; a public one is a choice); the playground with it.
+fn web_settings(config: &ServerConfig, addrs: &[SocketAddr]) -> WebSettings {
+    let grpc_web = config
+        .grpc_web
+        .unwrap_or_else(|| addrs.iter().all(|addr| addr.ip().is_loopback()));
+    WebSettings {
+        grpc_web,
+        playground: grpc_web && config.playground,
+        cors_origins: config.cors_origins.clone(),
+    }
+}
+
+fn log_startup(listeners: &Listeners, config: &ServerConfig, web: &WebSettings) {
     let tls = match (&config.tls, config.mutual_tls) {
         (None, _) => "off",
         (Some(_), false) => "on",
@@ -404,9 +443,18 @@ fn log_startup(listeners: &Listeners, config: &ServerConfig) {
         max_message_bytes = config.max_message_bytes,
         max_concurrent_streams = config.max_concurrent_streams,
         keepalive_secs = config.keepalive.map_or(0, |interval| interval.as_secs()),
+        grpc_web = web.grpc_web,
         "serving example.FormatData on {}",
         join(&listeners.addrs)
     );
+    if web.playground {
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!("playground at {scheme}://{}/", listeners.addrs[0]);
+    }
     if config.tls.is_none() {
         for addr in listeners
             .addrs

@@ -29,13 +29,15 @@ pub enum TlsError {
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// The server's TLS acceptor, offering HTTP/2 only through ALPN (gRPC needs it).
+/// The server's TLS acceptor, offering HTTP/2 through ALPN (gRPC needs it), and HTTP/1.1 too
+/// when `http1` (gRPC-Web from browsers).
 ///
 /// With `client_ca`, clients must present a certificate signed by it (mutual TLS).
 pub fn acceptor(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
+    http1: bool,
 ) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -55,7 +57,11 @@ pub fn acceptor(
     let chain = certificates(cert)?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|err| pem_error(key, err))?;
     let mut config = builder.with_single_cert(chain, private_key)?;
+    // h2 first: every gRPC client offers it. http/1.1 for browsers' gRPC-Web, when served.
     config.alpn_protocols = vec![b"h2".to_vec()];
+    if http1 {
+        config.alpn_protocols.push(b"http/1.1".to_vec());
+    }
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

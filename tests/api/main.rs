@@ -11,6 +11,7 @@ mod binaries;
 mod connections;
 mod contract;
 mod do_format;
+mod grpc_web;
 mod health_reflection;
 mod helpers;
 mod metrics;

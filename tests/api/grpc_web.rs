@@ -1,0 +1,308 @@
+//! gRPC-Web and the playground: a third-party gRPC-Web client (Connect's, from npm) and a real
+//! browser (Debian's Chromium, driven by Playwright) against the server binary; CORS and the
+//! flags that turn gRPC-Web and the page on and off, over raw HTTP/1.1.
+//!
+//! Node is found through `FORMATDATA_NODE`, else `node`; its packages in `tests/web/node_modules`
+//! (`npm ci --prefix tests/web`); Chromium through `CHROMIUM`, else `/usr/bin/chromium`. Without
+//! Node the browser-side tests skip, saying so; with Node but without the packages or Chromium
+//! they fail, saying what to install.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{ServerProcess, spawn_app_with, stderr, stdout};
+
+const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Node.js with the packages of `tests/web`.
+struct Node {
+    program: PathBuf,
+}
+
+impl Node {
+    /// `None` (after saying why) when this machine has no Node.js at all.
+    fn find() -> Option<Self> {
+        let program = PathBuf::from(std::env::var_os("FORMATDATA_NODE").unwrap_or("node".into()));
+        let works = Command::new(&program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !works {
+            eprintln!(
+                "SKIPPED: no Node.js found (set FORMATDATA_NODE); the gRPC-Web client and browser \
+                 tests did not run"
+            );
+            return None;
+        }
+        let packages = Path::new(CRATE_DIR).join("tests/web/node_modules");
+        assert!(
+            packages.join("@connectrpc/connect-node").is_dir()
+                && packages.join("playwright-core").is_dir(),
+            "the test packages are missing: run `npm ci --prefix tests/web`"
+        );
+        Some(Self { program })
+    }
+
+    fn run(&self, script: &str, args: &[&str]) -> Output {
+        Command::new(&self.program)
+            .arg(Path::new(CRATE_DIR).join("tests/web").join(script))
+            .args(args)
+            .output()
+            .expect("run node")
+    }
+}
+
+/// `formatdata::pb::FILE_DESCRIPTOR_SET` in a file, for clients that describe the service at run
+/// time instead of generating code from the `.proto`.
+fn descriptor_set_file() -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), formatdata::pb::FILE_DESCRIPTOR_SET).unwrap();
+    file
+}
+
+#[test]
+fn a_third_party_grpc_web_client_gets_hello_world_over_http1_and_http2() {
+    let Some(node) = Node::find() else { return };
+    // Default flags on loopback: gRPC-Web is on.
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    let descriptors = descriptor_set_file();
+    let descriptors = descriptors.path().to_str().unwrap();
+
+    let http1 = node.run("grpc_web_client.mjs", &[&server.addr(), descriptors, "1.1"]);
+    let http2 = node.run("grpc_web_client.mjs", &[&server.addr(), descriptors, "2"]);
+
+    assert_eq!(
+        stdout(&http1),
+        "received: HELLO,WORLD!\n",
+        "{}",
+        stderr(&http1)
+    );
+    assert_eq!(
+        stdout(&http2),
+        "received: HELLO,WORLD!\nstream: STREAMED SS|SECOND FI\n",
+        "{}",
+        stderr(&http2)
+    );
+}
+
+#[test]
+fn the_playground_uppercases_what_is_typed_in_a_real_browser() {
+    let Some(node) = Node::find() else { return };
+    let chromium = std::env::var("CHROMIUM").unwrap_or("/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "no Chromium at {chromium}: install Debian's `chromium` package or set CHROMIUM"
+    );
+    // A small message limit, so the page can be shown a refused call too.
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--max-message-bytes", "64"]);
+    let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("playground.png");
+    let _ = std::fs::remove_file(&screenshot);
+
+    let url = format!("http://{}/", server.addr());
+    let output = node.run("playground.mjs", &[&url, screenshot.to_str().unwrap()]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let seen: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(seen["title"], "formatdata playground", "{seen}");
+    assert_eq!(seen["reply"], "HELLO, WÖRLD", "{seen}");
+    assert!(
+        seen["status"].as_str().unwrap().starts_with("OK · "),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["focused"], "stream",
+        "Tab from the lines reaches the button: {seen}"
+    );
+    assert_eq!(
+        seen["lines"],
+        serde_json::json!(["HELLO, WÖRLD", "FINE STRASSE", "ʼN AND Ǆ"]),
+        "{seen}"
+    );
+    assert!(
+        seen["streamStatus"]
+            .as_str()
+            .unwrap()
+            .starts_with("OK · 3 of 3 lines"),
+        "{seen}"
+    );
+    assert!(
+        seen["errorStatus"]
+            .as_str()
+            .unwrap()
+            .starts_with("RESOURCE_EXHAUSTED: "),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["console"],
+        serde_json::json!([]),
+        "the page logged: {seen}"
+    );
+    let png = std::fs::read(&screenshot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    eprintln!("playground screenshot: {}", screenshot.display());
+}
+
+/// One HTTP/1.1 request on a new connection; everything the server sent back, as text.
+async fn http1(addr: std::net::SocketAddr, request: &str, body: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response));
+    // A reset connection, or an HTTP/2 server's frames: whatever came, the caller looks at it.
+    let _ = read.await;
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn preflight(origin: &str) -> String {
+    format!(
+        "OPTIONS /example.FormatData/DoFormat HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\n\
+         Access-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: content-type,x-grpc-web\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// A gRPC-Web DoFormat("cors") from a page on `origin`.
+fn grpc_web_post(origin: &str) -> (String, Vec<u8>) {
+    let body = [b"\x00\x00\x00\x00\x06\x0a\x04".as_slice(), b"cors"].concat();
+    let head = format!(
+        "POST /example.FormatData/DoFormat HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\n\
+         Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    (head, body)
+}
+
+fn allowed_origin(response: &str) -> Option<&str> {
+    response.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("access-control-allow-origin")
+            .then(|| value.trim())
+    })
+}
+
+#[tokio::test]
+async fn cors_lets_only_the_allowed_origins_call() {
+    let app = spawn_app_with(&["--cors-origin", "https://allowed.example"], None).await;
+
+    let allowed = http1(app.addr, &preflight("https://allowed.example"), b"").await;
+    let other = http1(app.addr, &preflight("https://other.example"), b"").await;
+
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    assert_eq!(
+        allowed_origin(&allowed),
+        Some("https://allowed.example"),
+        "{allowed}"
+    );
+    assert!(
+        allowed
+            .to_lowercase()
+            .contains("access-control-allow-headers"),
+        "{allowed}"
+    );
+    assert_eq!(allowed_origin(&other), None, "{other}");
+
+    let (head, body) = grpc_web_post("https://allowed.example");
+    let call = http1(app.addr, &head, &body).await;
+    assert_eq!(
+        allowed_origin(&call),
+        Some("https://allowed.example"),
+        "{call}"
+    );
+    assert!(
+        call.contains("CORS") && call.contains("grpc-status:0"),
+        "{call}"
+    );
+    assert!(
+        call.to_lowercase()
+            .contains("access-control-expose-headers"),
+        "the page can read grpc-status: {call}"
+    );
+}
+
+#[tokio::test]
+async fn without_cors_origins_no_other_origin_is_allowed() {
+    let app = spawn_app_with(&[], None).await;
+
+    let response = http1(app.addr, &preflight("https://allowed.example"), b"").await;
+
+    assert_eq!(allowed_origin(&response), None, "{response}");
+}
+
+#[tokio::test]
+async fn no_playground_keeps_grpc_web_but_not_the_page() {
+    let app = spawn_app_with(&["--no-playground"], None).await;
+
+    let page = http1(
+        app.addr,
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    let (head, body) = grpc_web_post("http://t");
+    let call = http1(app.addr, &head, &body).await;
+
+    assert!(page.starts_with("HTTP/1.1 404"), "{page}");
+    assert!(
+        call.contains("CORS") && call.contains("grpc-status:0"),
+        "{call}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_web_off_means_http2_only() {
+    let app = spawn_app_with(&["--grpc-web=false"], None).await;
+
+    let page = http1(
+        app.addr,
+        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+
+    assert!(!page.starts_with("HTTP/1.1"), "an HTTP/1.1 answer: {page}");
+    // Native gRPC is untouched.
+    let mut client = app.client().await;
+    let reply = client
+        .do_format(formatdata::pb::Data { text: "h2".into() })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().text, "H2");
+}
+
+#[test]
+fn grpc_web_is_off_by_default_beyond_loopback() {
+    let mut server = ServerProcess::start(&["--addr", "0.0.0.0:0"]);
+    server.signal(Signal::SIGTERM);
+    server.wait_for_exit(Duration::from_secs(10));
+
+    let log = server.log_lines();
+    assert!(
+        log.iter().any(|line| line.contains("grpc_web=false")),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter().any(|line| line.contains("playground at")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn the_startup_log_points_to_the_playground_on_loopback() {
+    let mut server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    let url = format!("playground at http://{}/", server.addr());
+    server.signal(Signal::SIGTERM);
+    server.wait_for_exit(Duration::from_secs(10));
+
+    let log = server.log_lines();
+    assert!(log.iter().any(|line| line.contains(&url)), "{log:#?}");
+}
