@@ -147,7 +147,8 @@ fn slow_and_hostile_peers_are_dropped_while_others_are_served_normally() {
         "p50 went from {quiet_p50} us to {attacked_p50} us under attack"
     );
     // Within its limits: --handshake-timeout 1 for silent peers, a 1 s ping unanswered for 1 s
-    // for stalled ones, and h2's budget of reset streams for the flood.
+    // for stalled ones, and for the flood h2's check of reset streams not yet accepted or our
+    // budget of cancelled calls.
     for closed in &silent {
         assert!(
             (Duration::from_millis(900)..Duration::from_secs(3)).contains(closed),
@@ -174,11 +175,11 @@ fn slow_and_hostile_peers_are_dropped_while_others_are_served_normally() {
     server.signal(nix::sys::signal::Signal::SIGTERM);
     server.wait_for_exit(Duration::from_secs(10));
     let log = server.log_lines().join("\n");
-    for reason in [
-        "no HTTP/2 preface",
-        "keepalive ping unanswered",
-        "ENHANCE_YOUR_CALM",
-    ] {
+    for reason in ["sent no request", "keepalive ping unanswered"] {
         assert!(log.contains(reason), "no log line says {reason:?}:\n{log}");
     }
+    assert!(
+        log.contains("ENHANCE_YOUR_CALM") || log.contains("rapid-reset"),
+        "no log line about the flood:\n{log}"
+    );
 }
