@@ -162,6 +162,9 @@ async fn http1(addr: std::net::SocketAddr, request: &str, body: &[u8]) -> String
     String::from_utf8_lossy(&response).into_owned()
 }
 
+/// What a browser sends for the page at `/`.
+const GET_PLAYGROUND: &str = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+
 fn preflight(origin: &str) -> String {
     format!(
         "OPTIONS /example.FormatData/DoFormat HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\n\
@@ -242,12 +245,7 @@ async fn without_cors_origins_no_other_origin_is_allowed() {
 async fn no_playground_keeps_grpc_web_but_not_the_page() {
     let app = spawn_app_with(&["--no-playground"], None).await;
 
-    let page = http1(
-        app.addr,
-        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        b"",
-    )
-    .await;
+    let page = http1(app.addr, GET_PLAYGROUND, b"").await;
     let (head, body) = grpc_web_post("http://t");
     let call = http1(app.addr, &head, &body).await;
 
@@ -262,12 +260,7 @@ async fn no_playground_keeps_grpc_web_but_not_the_page() {
 async fn grpc_web_off_means_http2_only() {
     let app = spawn_app_with(&["--grpc-web=false"], None).await;
 
-    let page = http1(
-        app.addr,
-        "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        b"",
-    )
-    .await;
+    let page = http1(app.addr, GET_PLAYGROUND, b"").await;
 
     assert!(!page.starts_with("HTTP/1.1"), "an HTTP/1.1 answer: {page}");
     // Native gRPC is untouched.
