@@ -7,8 +7,9 @@
 //!
 //! A server whose connection fails is taken out at once, and the call fails with UNAVAILABLE
 //! naming it, so the caller's retry goes to the next server; a background task asks the servers
-//! taken out for their health and puts each back as soon as it answers (and takes out a server
-//! that reports NOT_SERVING, as one does while it drains).
+//! taken out for their health every half second and puts each back as soon as it answers. It
+//! asks the servers in use too, less often, and takes out one that reports NOT_SERVING, as a
+//! server does while it drains.
 //!
 //! Not tonic's `Channel::balance_channel`: its power-of-two-choices balancer sees every endpoint
 //! as equally loaded (random choice, not round-robin), keeps a dead endpoint "ready" (a lazy
@@ -24,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use tokio::time::MissedTickBehavior;
 use tonic::body::Body;
 use tonic::transport::Channel;
 use tonic::{Code, Status, TimeoutExpired};
@@ -35,8 +37,12 @@ use tracing::{debug, info, warn};
 
 use crate::config::{HostPort, Target};
 
-/// How often the servers are asked for their health: how soon one that came back gets calls.
+/// How often a server taken out is asked for its health: how soon one that came back gets calls.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often a server in use is asked, to take it out when it reports NOT_SERVING (draining) before
+/// a call finds its listener closed. Rarer: every client probes every server.
+const PROBE_UP_EVERY: u32 = 10;
 
 /// How long a health probe may take before the server counts as down.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -65,7 +71,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{reason}")]
 pub struct Unreachable {
-    /// The server, as the user named it.
+    /// The server: the address as given, or the one of a DNS name's addresses that failed.
     pub addr: HostPort,
     /// The innermost cause ("Connection refused (os error 111)").
     pub reason: String,
@@ -164,6 +170,11 @@ impl Balancer {
         self.shared.backends().iter().any(|backend| backend.is_up())
     }
 
+    /// How many servers are known, up or not.
+    pub fn server_count(&self) -> usize {
+        self.shared.backends().len()
+    }
+
     /// The servers currently known, with whether each is taking calls.
     pub fn servers(&self) -> Vec<(HostPort, bool)> {
         self.shared
@@ -179,14 +190,18 @@ impl Balancer {
         let backends = self.shared.backends();
         let turn = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let healthy = backends.iter().filter(|backend| backend.is_up()).count();
-        if healthy == 0 {
-            return backends[turn % backends.len()].clone();
-        }
-        backends
-            .iter()
-            .filter(|backend| backend.is_up())
-            .nth(turn % healthy)
-            .expect("nth is below the count")
+        let next_healthy = (healthy > 0)
+            .then(|| {
+                backends
+                    .iter()
+                    .filter(|backend| backend.is_up())
+                    .nth(turn % healthy)
+            })
+            .flatten();
+        // No healthy one, or one was taken out between the two passes (other calls and the
+        // prober run on other threads): any next one will do.
+        next_healthy
+            .unwrap_or(&backends[turn % backends.len()])
             .clone()
     }
 }
@@ -225,7 +240,12 @@ impl Service<http::Request<Body>> for Balancer {
         Box::pin(async move {
             let channel = backend.channel.clone();
             match channel.oneshot(request).await {
-                Ok(response) => Ok(response.map(|inner| Body::new(ReplyBody { inner, backend }))),
+                Ok(response) => {
+                    if !backend.is_up() {
+                        backend.set_up(true, &"a call got through");
+                    }
+                    Ok(response.map(|inner| Body::new(ReplyBody { inner, backend })))
+                }
                 Err(error) => Err(backend.failed(error.into())),
             }
         })
@@ -242,7 +262,7 @@ impl Backend {
             return error;
         }
         let unreachable = Unreachable {
-            addr: self.address.name.clone(),
+            addr: self.address.connect.clone(),
             reason: root_cause(&*error),
             connecting: causes(&*error).any(|cause| cause.is::<tonic::ConnectError>()),
         };
@@ -335,13 +355,17 @@ async fn maintain(shared: Weak<Shared>, targets: Vec<Target>, has_dns: bool, con
         tokio::time::Instant::now() + RESOLVE_INTERVAL,
         RESOLVE_INTERVAL,
     );
-    loop {
+    // A slow probe (a server that does not answer) delays the next ones rather than bunching them.
+    probes.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    resolves.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    for tick in 1u32.. {
         tokio::select! {
             _ = probes.tick() => {
                 let Some(shared) = shared.upgrade() else { return };
                 let backends = shared.backends();
                 drop(shared);
-                join_all(backends.iter().map(|backend| probe(backend))).await;
+                let due = |backend: &&Arc<Backend>| !backend.is_up() || tick % PROBE_UP_EVERY == 0;
+                join_all(backends.iter().filter(due).map(|backend| probe(backend))).await;
             }
             _ = resolves.tick(), if has_dns => {
                 let Some(shared) = shared.upgrade() else { return };

@@ -38,8 +38,8 @@ const WRONG_REPLY: &str = "WRONG_REPLY";
 pub struct Report {
     /// Calls completed, successful or not.
     pub requests: u64,
-    /// Attempts repeated after an UNAVAILABLE failure (a server down: see `--retries`); a call
-    /// that succeeded on a retry is not an error.
+    /// Attempts repeated after an UNAVAILABLE failure (a server down), failovers to another
+    /// server included; a call that succeeded on a retry is not an error.
     pub retries: u64,
     /// Failed calls by gRPC code name (or WRONG_REPLY).
     pub errors: BTreeMap<&'static str, u64>,

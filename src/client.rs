@@ -90,7 +90,8 @@ pub struct Client {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// Compression of requests, also offered for replies.
     compression: Option<CompressionEncoding>,
-    /// Retries made by this client and its clones, for `client bench`'s report.
+    /// Attempts repeated after UNAVAILABLE (failovers included) by this client and its clones,
+    /// for `client bench`'s report.
     retried: Arc<AtomicU64>,
 }
 
@@ -343,36 +344,53 @@ impl Client {
         request
     }
 
-    /// Runs `call`, again after an UNAVAILABLE failure (a server down or restarting) up to
-    /// `retries` times. When the failed server was taken out and another is up, the retry goes
-    /// there at once (failover); otherwise it waits, with exponential backoff and jitter so
-    /// restarted servers are not hit by every client at once. Only for idempotent calls, which
-    /// all of ours are.
+    /// Runs `call`, again after an UNAVAILABLE failure (a server down or restarting), up to
+    /// `retries` times, only for idempotent calls, which all of ours are.
+    ///
+    /// A call whose connection could not even be made sent nothing: it goes to the next server
+    /// at once, once per server, without counting as a retry (gRPC's "transparent retry"), so
+    /// one dead server among several costs no call even with `--retries 0`. A retry goes to
+    /// another server at once when one is up; otherwise it waits, with exponential backoff and
+    /// jitter, so restarted servers are not hit by every client at once.
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut backoff = FIRST_BACKOFF;
-        for attempt in 0.. {
-            match call().await {
+        let (mut retries, mut failovers) = (0, 0);
+        loop {
+            let status = match call().await {
                 Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if status.code() == Code::Unavailable && attempt < self.retries => {
-                    self.retried.fetch_add(1, Ordering::Relaxed);
-                    if unreachable(&status).is_some() && self.channel.any_up() {
-                        tracing::debug!("{}; retrying on another server", status.message());
-                        continue;
-                    }
-                    // Half fixed, half random: spread out, yet never back-to-back.
-                    let pause = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
-                    tracing::debug!("{}; retrying in {pause:?}", status.message());
-                    tokio::time::sleep(pause).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+                Err(status) if status.code() == Code::Unavailable => status,
                 Err(status) => return Err(status),
+            };
+            let unreachable = unreachable(&status);
+            let elsewhere = unreachable.is_some() && self.channel.any_up();
+            if elsewhere
+                && unreachable.is_some_and(|server| server.connecting)
+                && failovers < self.channel.server_count()
+            {
+                failovers += 1;
+                self.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("{}; trying the next server", status.message());
+                continue;
             }
+            if retries == self.retries {
+                return Err(status);
+            }
+            retries += 1;
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            if elsewhere {
+                tracing::debug!("{}; retrying on another server", status.message());
+                continue;
+            }
+            // Half fixed, half random: spread out, yet never back-to-back.
+            let pause = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
+            tracing::debug!("{}; retrying in {pause:?}", status.message());
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
-        unreachable!("the loop returns on its last attempt")
     }
 
     /// The error to report for a failed call.
