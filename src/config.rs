@@ -388,24 +388,37 @@ impl fmt::Display for HostPort {
     }
 }
 
-/// A web origin as browsers send it in `Origin`: `http://` or `https://`, a host, an optional
-/// port, and nothing after.
+/// A web origin: `http://` or `https://`, a host, an optional port, and nothing after. Returned
+/// as browsers send it in `Origin`, which CORS compares byte for byte: lowercase, and without
+/// the scheme's default port.
 fn parse_origin(value: &str) -> Result<http::HeaderValue, String> {
     let invalid =
         || format!("'{value}' is not an origin like https://example.com or http://localhost:3000");
-    let authority = value
-        .strip_prefix("https://")
-        .or_else(|| value.strip_prefix("http://"))
-        .ok_or_else(invalid)?;
+    let lowercase = value.to_ascii_lowercase();
+    let (scheme, authority) = lowercase.split_once("://").ok_or_else(invalid)?;
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        _ => return Err(invalid()),
+    };
     // HOST or HOST:PORT, read as the addresses are (IPv6 in brackets).
     let host_port = authority
         .parse::<HostPort>()
-        .or_else(|_| format!("{authority}:0").parse::<HostPort>())
+        .or_else(|_| format!("{authority}:{default_port}").parse::<HostPort>())
         .map_err(|_| invalid())?;
-    if host_port.host.contains(['/', '?', '#', '@', ' ']) {
+    if host_port.host.contains(['/', '?', '#', '@', ' ']) || host_port.port == 0 {
         return Err(invalid());
     }
-    http::HeaderValue::from_str(value).map_err(|_| invalid())
+    let origin = if host_port.port == default_port {
+        let host = &host_port.host;
+        match host.contains(':') {
+            true => format!("{scheme}://[{host}]"),
+            false => format!("{scheme}://{host}"),
+        }
+    } else {
+        format!("{scheme}://{host_port}")
+    };
+    http::HeaderValue::from_str(&origin).map_err(|_| invalid())
 }
 
 fn parse_seconds(value: &str) -> Result<Duration, String> {
@@ -551,7 +564,30 @@ mod tests {
             "http://[::1]:8000",
         ])
         .unwrap();
-        assert_eq!(args.cors_origins.len(), 3);
+        assert_eq!(
+            args.cors_origins,
+            [
+                "https://example.com",
+                "http://localhost:3000",
+                "http://[::1]:8000"
+            ]
+        );
+        // As a browser sends it: lowercase, no default port.
+        let normalised = ServerArgs::try_parse_from([
+            "server",
+            "--cors-origin",
+            "HTTPS://Example.COM:443,http://localhost:80,https://x.test:8443",
+        ])
+        .unwrap()
+        .cors_origins;
+        assert_eq!(
+            normalised,
+            [
+                "https://example.com",
+                "http://localhost",
+                "https://x.test:8443"
+            ]
+        );
         for bad in [
             "example.com",
             "https://example.com/",

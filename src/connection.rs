@@ -45,9 +45,17 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// default); shorter ping intervals use their own length, so a dead peer goes within two.
 const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Every HTTP/2 connection starts with these 24 bytes from the client (and any HTTP/1.1
-/// request is longer).
-const PREFACE_LEN: usize = 24;
+/// Every HTTP/2 connection starts with these 24 bytes from the client.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP/1.1 connection may wait for its next request head (slowly sent, or idle
+/// between requests): hyper counts both. Longer than the handshake deadline, so a browser's idle
+/// connection lives on between a person's clicks.
+const HTTP1_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the calls in progress on a connection drained for abuse get before it is closed: an
+/// abuser must not keep it open by holding its streams.
+const ABUSE_GRACE: Duration = Duration::from_secs(1);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -82,10 +90,9 @@ impl ConnectionSettings {
             .keep_alive_timeout(keepalive.map_or(MAX_KEEPALIVE_TIMEOUT, |interval| {
                 interval.min(MAX_KEEPALIVE_TIMEOUT)
             }));
-        // A slow HTTP/1.1 client gets as long for each request head as for the handshake.
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(handshake_timeout);
+            .header_read_timeout(HTTP1_HEAD_TIMEOUT);
         if !http1 {
             http = http.http2_only();
         }
@@ -162,6 +169,7 @@ impl ConnectionSettings {
     {
         let mut connection = pin!(self.http.serve_connection(TokioIo::new(io), service));
         let mut closing = false;
+        let mut abuse_grace = pin!(None::<tokio::time::Sleep>);
         loop {
             tokio::select! {
                 result = connection.as_mut() => return result,
@@ -174,9 +182,17 @@ impl ConnectionSettings {
                     warn!(
                         ?peer,
                         "closing a connection whose client cancelled more than \
-                         {MAX_CANCELLED_CALLS} calls in {CANCEL_WINDOW:?} (a rapid-reset flood?)"
+                         {MAX_CANCELLED_CALLS} calls in {CANCEL_WINDOW:?}, each within \
+                         {RAPID_CANCEL:?} (a rapid-reset flood?)"
                     );
                     connection.as_mut().graceful_shutdown();
+                    abuse_grace.set(Some(tokio::time::sleep(ABUSE_GRACE)));
+                }
+                () = async { abuse_grace.as_mut().as_pin_mut().expect("set").await },
+                    if abuse_grace.is_some() =>
+                {
+                    warn!(?peer, "dropped the connection: its calls outlived {ABUSE_GRACE:?}");
+                    return Ok(());
                 }
             }
         }
@@ -206,11 +222,17 @@ impl<S> HttpService for S where
 {
 }
 
-/// Calls one connection's client may cancel within [`CANCEL_WINDOW`] before the connection is
-/// drained. A client cancels a call now and then (a deadline, a user giving up); thousands a
-/// second is the "rapid reset" attack, which h2's own check (reset streams still waiting to be
-/// accepted) only catches when the server is slower than the flood.
+/// Calls one connection's client may cancel, each within [`RAPID_CANCEL`] of its start, within
+/// [`CANCEL_WINDOW`] before the connection is drained. Thousands a second is the "rapid reset"
+/// attack, which h2's own check (reset streams still waiting to be accepted) only catches when
+/// the server is slower than the flood.
 const MAX_CANCELLED_CALLS: u32 = 1000;
+
+/// Only calls cancelled this soon count: a client gives up on a call now and then (its deadline,
+/// a person leaving), rarely within milliseconds of making it, while a flood resets each stream
+/// at once. A peer that waits longer before each reset holds the stream meanwhile, so the stream
+/// limit bounds it like any busy client.
+const RAPID_CANCEL: Duration = Duration::from_millis(10);
 
 /// The window [`MAX_CANCELLED_CALLS`] is counted over.
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
@@ -226,8 +248,11 @@ pub struct CancelBudget {
 }
 
 impl CancelBudget {
-    /// Counts one call the client cancelled before it finished.
-    pub fn record(&self) {
+    /// Counts one call the client cancelled before it finished, `lived` after it started.
+    pub fn record(&self, lived: Duration) {
+        if lived >= RAPID_CANCEL {
+            return;
+        }
         let now = Instant::now();
         let mut window = self
             .window
@@ -272,10 +297,15 @@ fn log_end(
         if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
             && hyper.is_timeout()
         {
-            warn!(
-                ?peer,
-                "dropped a connection: keepalive ping unanswered, or a request head too slow"
-            );
+            // hyper tells the two timeouts apart only by their text.
+            if hyper.to_string().contains("read header") {
+                debug!(
+                    ?peer,
+                    "closed an HTTP/1.1 connection: no request head within {HTTP1_HEAD_TIMEOUT:?}"
+                );
+            } else {
+                warn!(?peer, "dropped a connection: keepalive ping unanswered");
+            }
             return;
         }
         if let Some(h2) = cause.downcast_ref::<h2::Error>()
@@ -302,13 +332,14 @@ struct NoPreface;
 ///
 /// hyper's HTTP/2 server waits for the preface forever, and keepalive pings start only after
 /// it, so without this a peer that connects and sends nothing holds its socket (and a file
-/// descriptor) for as long as it likes.
+/// descriptor) for as long as it likes. Bytes that are not the preface are HTTP/1.1 (or junk
+/// hyper refuses at once), whose request heads hyper times out itself: the deadline ends there.
 struct PrefaceDeadline<S> {
     inner: S,
-    /// Cleared once the preface is in.
+    /// Cleared once the preface is in, or the bytes turn out to be something else.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Preface bytes still to come.
-    missing: usize,
+    /// Preface bytes matched so far.
+    matched: usize,
 }
 
 impl<S> PrefaceDeadline<S> {
@@ -316,7 +347,7 @@ impl<S> PrefaceDeadline<S> {
         Self {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
-            missing: PREFACE_LEN,
+            matched: 0,
         }
     }
 }
@@ -335,10 +366,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<S> {
         };
         match read {
             Poll::Ready(Ok(())) => {
-                let received = buf.filled().len() - before;
-                this.missing = this.missing.saturating_sub(received);
-                if this.missing == 0 || received == 0 {
-                    // Preface complete, or end of stream: nothing left to wait for.
+                let received = &buf.filled()[before..];
+                let expected = &H2_PREFACE[this.matched..];
+                let compared = received.len().min(expected.len());
+                this.matched += compared;
+                if received.is_empty()
+                    || received[..compared] != expected[..compared]
+                    || this.matched == H2_PREFACE.len()
+                {
+                    // End of stream, not HTTP/2, or the whole preface: nothing left to wait for.
                     this.deadline = None;
                 }
                 Poll::Ready(Ok(()))

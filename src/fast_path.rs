@@ -145,7 +145,7 @@ where
         if received.len() >= PREFIX {
             // The flag before the length, in tonic's order, so both paths blame the same fault.
             if received[0] != 0 {
-                return Err(compressed_without_encoding());
+                return Err(bad_flag(received[0]));
             }
             let declared = u32::from_be_bytes(received[1..PREFIX].try_into().expect("4 bytes"));
             if declared as usize > limit {
@@ -184,9 +184,15 @@ where
     }
 }
 
-/// A flag other than 0: compressed (1) without a `grpc-encoding` to say how, or no flag at all.
-fn compressed_without_encoding() -> Status {
-    Status::invalid_argument("message flagged compressed, but no grpc-encoding was given")
+/// A flag other than 0 on the fast path, which takes no `grpc-encoding`: compressed (1) without
+/// saying how, or not a flag at all.
+fn bad_flag(flag: u8) -> Status {
+    match flag {
+        1 => Status::invalid_argument("message flagged compressed, but no grpc-encoding was given"),
+        _ => Status::invalid_argument(format!(
+            "invalid compression flag {flag} (0 and 1 are valid)"
+        )),
+    }
 }
 
 fn more_than_one_message() -> Status {

@@ -240,7 +240,7 @@ impl Drop for CallLog {
                 metrics.finish(Code::Cancelled, self.started.elapsed().as_secs_f64());
             }
             if let Some(cancels) = &self.cancels {
-                cancels.record();
+                cancels.record(self.started.elapsed());
             }
             // The reply never completed: the client went away, or shutdown's grace ran out.
             let duration_us = self.started.elapsed().as_micros() as u64;

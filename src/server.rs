@@ -20,7 +20,6 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
@@ -160,8 +159,8 @@ fn machine_lacks_address(error: &io::Error) -> bool {
 
 /// The server's settings, checked and loaded (TLS files read) before anything is bound.
 pub struct ServerConfig {
-    /// TLS acceptor when `--tls-cert` is set; plaintext HTTP/2 otherwise.
-    tls: Option<TlsAcceptor>,
+    /// TLS settings when `--tls-cert` is set; plaintext otherwise.
+    tls: Option<tokio_rustls::rustls::ServerConfig>,
     /// For the startup log: whether clients must present certificates.
     mutual_tls: bool,
     /// Bearer-token check on FormatData calls (a no-op without a token).
@@ -188,14 +187,11 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn from_args(args: &ServerArgs) -> Result<Self, TlsError> {
-        // Browsers reach gRPC-Web over HTTP/1.1 as well, so offer it in ALPN unless it is off.
-        let http1 = args.grpc_web != Some(false);
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(tls::acceptor(
+            (Some(cert), Some(key)) => Some(tls::server_config(
                 cert,
                 key,
                 args.tls_client_ca.as_deref(),
-                http1,
             )?),
             _ => None,
         };
@@ -254,7 +250,10 @@ pub async fn run(
         .grpc_web
         .then(|| http_service::<Body>(routes, calls, &config));
     let connection = ConnectionSettings::new(
-        config.tls.clone(),
+        config
+            .tls
+            .as_ref()
+            .map(|tls| tls::acceptor(tls, web.grpc_web)),
         config.handshake_timeout,
         config.max_concurrent_streams,
         config.keepalive,
@@ -414,16 +413,22 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// What browsers get: gRPC-Web when asked for, or by default when every address is loopback
-/// (a local playground, safe by default; a public one is a choice); the playground with it.
+/// What browsers get: gRPC-Web when asked for, when `--cors-origin` names pages that will call,
+/// or by default when every address is loopback (a local playground; a public one is a choice);
+/// the playground with it.
 fn web_settings(config: &ServerConfig, addrs: &[SocketAddr]) -> WebSettings {
+    let loopback_only = addrs.iter().all(|addr| addr.ip().is_loopback());
     let grpc_web = config
         .grpc_web
-        .unwrap_or_else(|| addrs.iter().all(|addr| addr.ip().is_loopback()));
+        .unwrap_or(loopback_only || !config.cors_origins.is_empty());
+    if !grpc_web && !config.cors_origins.is_empty() {
+        warn!("--cors-origin has no effect with --grpc-web=false");
+    }
     WebSettings {
         grpc_web,
         playground: grpc_web && config.playground,
         cors_origins: config.cors_origins.clone(),
+        loopback_only,
     }
 }
 

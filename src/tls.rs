@@ -29,16 +29,13 @@ pub enum TlsError {
     ClientVerifier(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// The server's TLS acceptor, offering HTTP/2 through ALPN (gRPC needs it), and HTTP/1.1 too
-/// when `http1` (gRPC-Web from browsers).
-///
-/// With `client_ca`, clients must present a certificate signed by it (mutual TLS).
-pub fn acceptor(
+/// The server's TLS settings: its certificate chain and key, and with `client_ca`, clients must
+/// present a certificate signed by it (mutual TLS). Read at startup, so bad files fail it.
+pub fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-    http1: bool,
-) -> Result<TlsAcceptor, TlsError> {
+) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -56,13 +53,19 @@ pub fn acceptor(
     };
     let chain = certificates(cert)?;
     let private_key = PrivateKeyDer::from_pem_file(key).map_err(|err| pem_error(key, err))?;
-    let mut config = builder.with_single_cert(chain, private_key)?;
-    // h2 first: every gRPC client offers it. http/1.1 for browsers' gRPC-Web, when served.
+    Ok(builder.with_single_cert(chain, private_key)?)
+}
+
+/// The acceptor for `config`, offering HTTP/2 through ALPN (gRPC needs it), and HTTP/1.1 as well
+/// when `http1` (gRPC-Web from browsers is served): never a protocol the server would not speak.
+pub fn acceptor(config: &ServerConfig, http1: bool) -> TlsAcceptor {
+    let mut config = config.clone();
+    // h2 first: every gRPC client offers it.
     config.alpn_protocols = vec![b"h2".to_vec()];
     if http1 {
         config.alpn_protocols.push(b"http/1.1".to_vec());
     }
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// The client's TLS settings: the CA to trust, a client certificate for mutual TLS, and the name

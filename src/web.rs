@@ -52,6 +52,10 @@ pub struct WebSettings {
     pub playground: bool,
     /// Origins whose pages may call the server; empty: same-origin pages only.
     pub cors_origins: Vec<HeaderValue>,
+    /// Whether the server listens on loopback addresses only: browser requests must then name a
+    /// loopback host, or a page of any site could reach it by pointing its own name at
+    /// 127.0.0.1 ("DNS rebinding"), same-origin and so past CORS.
+    pub loopback_only: bool,
 }
 
 /// The service stacks a connection is served with, and how to pick one per request.
@@ -63,6 +67,8 @@ pub struct Front<N, W> {
     web: Option<Cors<GrpcWebService<W>>>,
     /// Whether GET requests for the playground's files are answered.
     playground: bool,
+    /// Refuse browser requests whose `Host` is not a loopback name (see [`WebSettings`]).
+    loopback_only: bool,
 }
 
 impl<N, W> Front<N, W> {
@@ -73,6 +79,7 @@ impl<N, W> Front<N, W> {
             native,
             web: web.map(|web| cors.layer(GrpcWebLayer::new().layer(web))),
             playground: settings.playground,
+            loopback_only: settings.loopback_only,
         }
     }
 }
@@ -126,13 +133,19 @@ where
         let Some(web) = &mut self.web else {
             return Either::Left(self.native.call(request));
         };
-        if is_grpc_web(&request) || request.method() == Method::OPTIONS {
+        let to_web = is_grpc_web(&request) || request.method() == Method::OPTIONS;
+        let to_page = request.method() == Method::GET || request.method() == Method::HEAD;
+        if !to_web && !to_page {
+            return Either::Left(self.native.call(request));
+        }
+        let answer = |response| Either::Right(Either::Right(ready(Ok(response))));
+        if self.loopback_only && !names_loopback(&request) {
+            return answer(status(StatusCode::MISDIRECTED_REQUEST));
+        }
+        if to_web {
             return Either::Right(Either::Left(web.call(request)));
         }
-        if request.method() == Method::GET || request.method() == Method::HEAD {
-            return Either::Right(Either::Right(ready(Ok(page(&request, self.playground)))));
-        }
-        Either::Left(self.native.call(request))
+        answer(page(&request, self.playground))
     }
 }
 
@@ -144,15 +157,42 @@ fn is_grpc_web<B>(request: &Request<B>) -> bool {
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"))
 }
 
+/// Whether the request's host (`:authority`, else `Host`) is `localhost`, a `.localhost` name or
+/// a loopback address: how a browser on this machine names a loopback-only server.
+fn names_loopback<B>(request: &Request<B>) -> bool {
+    if let Some(host) = request.uri().host() {
+        return is_loopback_host(host);
+    }
+    request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|host| host.to_str().ok()?.parse::<http::uri::Authority>().ok())
+        .is_some_and(|authority| is_loopback_host(authority.host()))
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.to_ascii_lowercase().ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An empty response with `code`.
+fn status(code: StatusCode) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = code;
+    response
+}
+
 /// A playground file, or 404 (also for everything when the playground is off).
 fn page<B>(request: &Request<B>, playground: bool) -> Response<Body> {
     let found = PAGES
         .iter()
         .find(|(path, _, _)| playground && *path == request.uri().path());
     let Some((_, content_type, text)) = found else {
-        let mut response = Response::new(Body::default());
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        return response;
+        return status(StatusCode::NOT_FOUND);
     };
     let body = if request.method() == Method::HEAD {
         Body::default()
@@ -206,6 +246,31 @@ mod tests {
     fn other_paths_and_a_disabled_playground_are_not_found() {
         assert_eq!(page(&get("/nope"), true).status(), StatusCode::NOT_FOUND);
         assert_eq!(page(&get("/"), false).status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn loopback_names_are_localhost_and_loopback_addresses() {
+        let with_host = |host: &str| Request::get("/").header("host", host).body(()).unwrap();
+        for host in [
+            "localhost:8080",
+            "127.0.0.1:8080",
+            "[::1]:8080",
+            "app.localhost",
+            "LOCALHOST",
+        ] {
+            assert!(names_loopback(&with_host(host)), "{host}");
+        }
+        for host in [
+            "evil.example:8080",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!names_loopback(&with_host(host)), "{host}");
+        }
+        assert!(names_loopback(&get("http://127.0.0.1:1/")));
+        assert!(!names_loopback(&get("http://rebound.example/")));
+        assert!(!names_loopback(&get("/")));
     }
 
     #[test]

@@ -23,6 +23,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(args: ServerArgs) -> ExitCode {
+    // First, so that a SIGTERM while the files are read or the name resolved drains (nothing,
+    // yet) and exits 0 rather than killing the process.
+    let shutdown = shutdown::signal();
     let config = match ServerConfig::from_args(&args) {
         Ok(config) => config,
         Err(err) => return fail(&err),
@@ -31,7 +34,7 @@ async fn serve(args: ServerArgs) -> ExitCode {
         Ok(listeners) => listeners,
         Err(err) => return fail(&err),
     };
-    match server::run(listeners, config, shutdown::signal()).await {
+    match server::run(listeners, config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }

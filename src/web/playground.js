@@ -103,7 +103,13 @@ async function call(method, texts, onReply) {
   const reader = response.body.getReader();
   let buffered = new Uint8Array(0);
   for (;;) {
-    const { value, done } = await reader.read();
+    let chunk;
+    try {
+      chunk = await reader.read();
+    } catch (error) {
+      return { code: 14, name: "UNAVAILABLE", message: "the connection broke: " + error.message };
+    }
+    const { value, done } = chunk;
     if (value) {
       const joined = new Uint8Array(buffered.length + value.length);
       joined.set(buffered);
@@ -116,7 +122,11 @@ async function call(method, texts, onReply) {
       const flag = buffered[0], payload = buffered.subarray(5, 5 + length);
       buffered = buffered.subarray(5 + length);
       if (flag & 0x80) return statusOf(parseTrailers(fromUtf8.decode(payload)));
-      onReply(decodeData(payload));
+      try {
+        onReply(decodeData(payload));
+      } catch (error) {
+        return { code: 13, name: "INTERNAL", message: "cannot decode a reply: " + error.message };
+      }
     }
     if (done) return { code: 13, name: "INTERNAL", message: "the reply ended without a status" };
   }
@@ -164,18 +174,22 @@ button.addEventListener("click", async () => {
   replies.replaceChildren();
   streamStatus.textContent = "streaming " + texts.length + " lines…";
   const started = performance.now();
-  const status = await call("DoFormatStream", texts, (text) => {
-    const item = document.createElement("li");
-    const line = document.createElement("span");
-    line.className = "text";
-    line.textContent = text;
-    const time = document.createElement("span");
-    time.className = "time";
-    time.textContent = ms(performance.now() - started);
-    item.append(line, time);
-    replies.append(item);
-  });
-  showStatus(streamStatus, status,
-    replies.children.length + " of " + texts.length + " lines in " + ms(performance.now() - started));
-  button.disabled = false;
+  try {
+    const status = await call("DoFormatStream", texts, (text) => {
+      const item = document.createElement("li");
+      const line = document.createElement("span");
+      line.className = "text";
+      line.textContent = text;
+      const time = document.createElement("span");
+      time.className = "time";
+      time.textContent = ms(performance.now() - started);
+      item.append(line, time);
+      replies.append(item);
+    });
+    showStatus(streamStatus, status, replies.children.length + " of " + texts.length +
+      " lines in " + ms(performance.now() - started));
+  } finally {
+    // Whatever happened, the button works again.
+    button.disabled = false;
+  }
 });

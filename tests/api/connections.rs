@@ -53,6 +53,9 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
 async fn a_client_cancelling_calls_by_the_thousand_is_cut_off() {
     let app = spawn_app().await;
     let mut client = raw::connect(app.addr).await;
+    // A stream held open throughout, as an abuser would to keep its connection once drained.
+    let (held, _keep_open) = raw::start_call(&mut client, raw::DO_FORMAT_STREAM, &[]);
+    let mut held = held.await.expect("reply headers").into_body();
 
     // Each call is accepted (its reply headers arrive), then cancelled: a pace h2's own
     // rapid-reset check, which counts resets of streams not yet accepted, never sees.
@@ -68,8 +71,10 @@ async fn a_client_cancelling_calls_by_the_thousand_is_cut_off() {
         }
         send.send_reset(h2::Reason::CANCEL);
         cancelled += 1;
+        // 1,000 counted, and then some: on a busy machine a call may outlive the 10 ms that
+        // make its cancellation count.
         assert!(
-            cancelled <= 2_000,
+            cancelled <= 10_000,
             "still served after {cancelled} cancelled calls"
         );
     }
@@ -78,6 +83,12 @@ async fn a_client_cancelling_calls_by_the_thousand_is_cut_off() {
         cancelled > 1_000,
         "cut off after only {cancelled} cancelled calls"
     );
+    // Drained, then closed a second later: holding a stream does not keep the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = held.data().await {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the held stream outlived the drain by 5 s");
     // Everyone else is served as before.
     let mut fresh = app.client().await;
     let reply = fresh

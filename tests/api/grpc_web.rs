@@ -5,7 +5,8 @@
 //! Node is found through `FORMATDATA_NODE`, else `node`; its packages in `tests/web/node_modules`
 //! (`npm ci --prefix tests/web`); Chromium through `CHROMIUM`, else `/usr/bin/chromium`. Without
 //! Node the browser-side tests skip, saying so; with Node but without the packages or Chromium
-//! they fail, saying what to install.
+//! they fail, saying what to install (and with `FORMATDATA_REQUIRE_NODE` set, as CI sets it, a
+//! missing Node fails them too).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -32,6 +33,12 @@ impl Node {
             .output()
             .is_ok_and(|output| output.status.success());
         if !works {
+            // CI has Node.js: there, a missing one is a broken setup, not a reason to skip.
+            assert!(
+                std::env::var_os("FORMATDATA_REQUIRE_NODE").is_none(),
+                "FORMATDATA_REQUIRE_NODE is set, but {} does not run",
+                program.display()
+            );
             eprintln!(
                 "SKIPPED: no Node.js found (set FORMATDATA_NODE); the gRPC-Web client and browser \
                  tests did not run"
@@ -163,11 +170,11 @@ async fn http1(addr: std::net::SocketAddr, request: &str, body: &[u8]) -> String
 }
 
 /// What a browser sends for the page at `/`.
-const GET_PLAYGROUND: &str = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+const GET_PLAYGROUND: &str = "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
 fn preflight(origin: &str) -> String {
     format!(
-        "OPTIONS /example.FormatData/DoFormat HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\n\
+        "OPTIONS /example.FormatData/DoFormat HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\n\
          Access-Control-Request-Method: POST\r\n\
          Access-Control-Request-Headers: content-type,x-grpc-web\r\nConnection: close\r\n\r\n"
     )
@@ -177,7 +184,7 @@ fn preflight(origin: &str) -> String {
 fn grpc_web_post(origin: &str) -> (String, Vec<u8>) {
     let body = [b"\x00\x00\x00\x00\x06\x0a\x04".as_slice(), b"cors"].concat();
     let head = format!(
-        "POST /example.FormatData/DoFormat HTTP/1.1\r\nHost: test\r\nOrigin: {origin}\r\n\
+        "POST /example.FormatData/DoFormat HTTP/1.1\r\nHost: localhost\r\nOrigin: {origin}\r\n\
          Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\
          Connection: close\r\n\r\n",
         body.len()
@@ -262,7 +269,12 @@ async fn grpc_web_off_means_http2_only() {
 
     let page = http1(app.addr, GET_PLAYGROUND, b"").await;
 
-    assert!(!page.starts_with("HTTP/1.1"), "an HTTP/1.1 answer: {page}");
+    // An HTTP/2 server's first frame, SETTINGS (type 4 after a 3-byte length), and no HTTP/1.1.
+    assert_eq!(
+        page.as_bytes().get(3),
+        Some(&4),
+        "not an HTTP/2 answer: {page:?}"
+    );
     // Native gRPC is untouched.
     let mut client = app.client().await;
     let reply = client
@@ -298,4 +310,26 @@ fn the_startup_log_points_to_the_playground_on_loopback() {
 
     let log = server.log_lines();
     assert!(log.iter().any(|line| line.contains(&url)), "{log:#?}");
+}
+
+#[tokio::test]
+async fn a_loopback_server_refuses_browser_requests_for_other_host_names() {
+    // A page whose own name was pointed at 127.0.0.1 ("DNS rebinding") is same-origin with
+    // itself: CORS cannot stop it, the Host header does.
+    let app = spawn_app_with(&[], None).await;
+    let rebound = "GET / HTTP/1.1\r\nHost: rebound.example\r\nConnection: close\r\n\r\n";
+
+    let page = http1(app.addr, rebound, b"").await;
+    let (head, body) = grpc_web_post("http://rebound.example");
+    let call = http1(
+        app.addr,
+        &head.replace("Host: localhost", "Host: rebound.example"),
+        &body,
+    )
+    .await;
+    let local = http1(app.addr, GET_PLAYGROUND, b"").await;
+
+    assert!(page.starts_with("HTTP/1.1 421"), "{page}");
+    assert!(call.starts_with("HTTP/1.1 421"), "{call}");
+    assert!(local.starts_with("HTTP/1.1 200"), "{local}");
 }
