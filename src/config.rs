@@ -82,7 +82,7 @@ pub struct ServerArgs {
     pub metrics_addr: Option<std::net::SocketAddr>,
 
     /// Serve gRPC-Web (over HTTP/1.1 and HTTP/2) next to gRPC, for browsers: true or false
-    /// [default: true when every address served is loopback, false otherwise].
+    /// [default: true when every address served is loopback or --cors-origin is given].
     #[arg(long, env = "FORMATDATA_GRPC_WEB", num_args = 0..=1, default_missing_value = "true",
           value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub grpc_web: Option<bool>,
