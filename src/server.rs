@@ -39,6 +39,7 @@ use crate::metrics::GrpcMetrics;
 use crate::middleware::{Calls, CallsLayer, Counted, InFlight};
 use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
+use crate::runtime;
 use crate::service::FormatDataService;
 use crate::tls::{self, TlsError};
 use crate::web::{Front, WebSettings};
@@ -273,6 +274,9 @@ pub async fn run(
             Some(finished) = connections.join_next(), if !connections.is_empty() => {
                 if let Err(error) = finished {
                     error!("a connection task failed: {error}");
+                }
+                if connections.is_empty() {
+                    runtime::sweep_workers();
                 }
                 continue;
             }
