@@ -22,7 +22,7 @@ use tonic::body::Body;
 use tower::Service;
 
 use crate::codec;
-use crate::middleware::set_status_headers;
+use crate::middleware::{more_than_one_message, set_status_headers};
 use crate::pb::Data;
 use crate::service;
 
@@ -193,10 +193,6 @@ fn bad_flag(flag: u8) -> Status {
             "invalid compression flag {flag} (0 and 1 are valid)"
         )),
     }
-}
-
-fn more_than_one_message() -> Status {
-    Status::invalid_argument("more than one message in a unary call")
 }
 
 /// The framed reply: prefix and encoded message in one buffer.

@@ -413,9 +413,7 @@ where
             }
             if *this.one_message && this.messages.begun() > 1 {
                 *this.ended = true;
-                return Poll::Ready(Some(Err(Status::invalid_argument(
-                    "more than one message in a unary call",
-                ))));
+                return Poll::Ready(Some(Err(more_than_one_message())));
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -429,6 +427,11 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The status of a unary call that carries a second message, on either path.
+pub(crate) fn more_than_one_message() -> Status {
+    Status::invalid_argument("more than one message in a unary call")
 }
 
 /// Reads the call's status from `headers` (response headers or trailers), first rewriting the
