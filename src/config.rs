@@ -19,6 +19,13 @@ pub const DEFAULT_TEXT: &str = "hello,world!";
 /// Largest request or reply the server accepts by default: gRPC's customary 4 MiB.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Bytes all calls in progress may hold by default: 64 connections' worth of stalled
+/// near-limit messages, a small share of a pod's memory (see deploy/kubernetes).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+
+/// Bytes the calls of one connection may hold by default: eight messages at the default limit.
+pub const DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION: usize = 32 * 1024 * 1024;
+
 /// Where a bearer token comes from. Only the environment, never a flag: command lines are
 /// visible to every user of the machine through `ps`.
 pub const AUTH_TOKEN_ENV: &str = "FORMATDATA_AUTH_TOKEN";
@@ -75,6 +82,33 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_HANDSHAKE_TIMEOUT", default_value = "10",
           value_parser = parse_positive_seconds)]
     pub handshake_timeout: Duration,
+
+    /// Most connections served at once; more wait in the kernel's backlog until one closes
+    /// [default: what the open-file limit allows, at most 10000].
+    #[arg(long, env = "FORMATDATA_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Seconds a request may stop in the middle of a message (or an HTTP/1.1 request head may
+    /// take) before the call ends with DEADLINE_EXCEEDED (the connection, for a head).
+    #[arg(long, env = "FORMATDATA_STALL_TIMEOUT", default_value = "20",
+          value_parser = parse_positive_seconds)]
+    pub stall_timeout: Duration,
+
+    /// Seconds a connection may go without any of its calls making progress before it is
+    /// closed (pings do not count). 0 keeps idle connections open.
+    #[arg(long, env = "FORMATDATA_IDLE_TIMEOUT", default_value = "300", value_parser = parse_seconds)]
+    pub idle_timeout: Duration,
+
+    /// Bytes the server holds for calls in progress (unfinished requests, replies not yet sent),
+    /// in all; a call that would go over fails with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES", default_value_t = DEFAULT_MAX_BUFFERED_BYTES)]
+    pub max_buffered_bytes: usize,
+
+    /// The same, for the calls of one connection.
+    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES_PER_CONNECTION",
+          default_value_t = DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION)]
+    pub max_buffered_bytes_per_connection: usize,
 
     /// Serve Prometheus metrics (go-grpc-prometheus names, plus process metrics) at
     /// http://ADDR/metrics, as IP:PORT; off by default.

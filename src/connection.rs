@@ -1,197 +1,190 @@
-//! One client connection, from accept to close: the TLS handshake (if any), the HTTP/2 settings
-//! and limits it is served with, and the peers it drops.
+//! One client connection, from accept to close: the TLS handshake (if any), which protocol it
+//! speaks, and what it may hold on to.
 //!
-//! A server that faces the network must bound what each peer can hold on to. Here: a peer gets
-//! `--handshake-timeout` to finish TLS and send the HTTP/2 preface (a connection that opens and
-//! says nothing is dropped, not kept forever), keepalive pings drop peers that stop answering,
-//! the stream limit and flow-control windows bound each peer's calls and buffers, and h2 sends
-//! GOAWAY ENHANCE_YOUR_CALM to peers that reset streams in a flood (the "rapid reset" attack).
+//! A server that faces the network must bound what each peer can take. Here: a peer gets
+//! `--handshake-timeout` to finish TLS and start speaking (a connection that opens and says
+//! nothing is dropped, not kept forever); HTTP/2 peers are served by [`crate::http2`], with
+//! keepalive pings, a stream limit, flow-control windows, and GOAWAY ENHANCE_YOUR_CALM for a
+//! client that cancels calls by the thousand (the "rapid reset" attack); HTTP/1.1 peers (for
+//! gRPC-Web and the playground) by hyper, with a deadline on each request head. On either, a
+//! connection on which no call made progress for `--idle-timeout` is closed, and what its calls
+//! buffer is counted against `--max-buffered-bytes-per-connection`.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Buf, Bytes};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
-use tonic::body::Body;
 use tracing::{debug, warn};
 
-/// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
-/// has read. The protocol's default, as grpc-go uses; it bounds a stalled stream's buffer.
-const STREAM_WINDOW: u32 = 64 * 1024;
-
-/// HTTP/2 flow-control window of a whole connection.
-///
-/// Larger than the streams' sum would need, on purpose: h2 drops a connection (GOAWAY
-/// ENHANCE_YOUR_CALM "too_many_data_frames") when it holds more small DATA frames than a budget
-/// of half this window allows. A grpcio client streaming tiny messages to a service that reads
-/// them at the pace of its replies (`DoFormatStream`, flow-controlled) fills a stream window with
-/// thousands of frames: 64 KiB of 25-byte messages costs ~0.6 M of that budget, so 16 MiB
-/// (8 M) leaves room for a dozen such stalled streams per connection.
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
-
-/// Longest a keepalive ping may go unanswered before the peer is considered dead (gRPC's
-/// default); shorter ping intervals use their own length, so a dead peer goes within two.
-const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::http2::{self, Http2Error, Http2Settings};
+use crate::limits::ByteBudget;
+use crate::web::Fronts;
 
 /// Every HTTP/2 connection starts with these 24 bytes from the client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// How long an HTTP/1.1 connection may wait for its next request head (slowly sent, or idle
-/// between requests): hyper counts both. Longer than the handshake deadline, so a browser's idle
-/// connection lives on between a person's clicks.
-const HTTP1_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long the calls in progress on a connection drained for abuse get before it is closed: an
-/// abuser must not keep it open by holding its streams.
-const ABUSE_GRACE: Duration = Duration::from_secs(1);
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// How every accepted connection is served; shared by all of them.
 #[derive(Clone)]
 pub struct ConnectionSettings {
     /// TLS acceptor when `--tls-cert` is set; plaintext otherwise.
     pub tls: Option<TlsAcceptor>,
-    /// How long a new peer gets for the TLS handshake and its first request together.
+    /// How long a new peer gets for the TLS handshake and the start of its first request.
     pub handshake_timeout: Duration,
-    /// HTTP/2 settings (windows, stream limit, keepalive), and HTTP/1.1 when gRPC-Web needs it.
-    pub http: auto::Builder<TokioExecutor>,
+    /// Stream limit and keepalive of HTTP/2 connections.
+    pub http2: Http2Settings,
+    /// Whether HTTP/1.1 is served (for gRPC-Web and the playground); otherwise HTTP/2 only, as
+    /// gRPC needs.
+    pub http1: bool,
+    /// `--stall-timeout`: also how long an HTTP/1.1 request head may take.
+    pub stall_timeout: Duration,
+    /// `--idle-timeout`: how long a connection may go without any call making progress.
+    pub idle_timeout: Option<Duration>,
+    /// `--max-buffered-bytes-per-connection`.
+    pub max_buffered_bytes: usize,
+    /// `--max-buffered-bytes`, shared by every connection.
+    pub server_buffered: Arc<ByteBudget>,
 }
 
 impl ConnectionSettings {
-    /// `http1`: also serve HTTP/1.1 (for gRPC-Web and the playground); otherwise HTTP/2 only,
-    /// as gRPC needs.
-    pub fn new(
-        tls: Option<TlsAcceptor>,
-        handshake_timeout: Duration,
-        max_concurrent_streams: u32,
-        keepalive: Option<Duration>,
-        http1: bool,
-    ) -> Self {
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http2()
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_concurrent_streams(max_concurrent_streams)
-            .keep_alive_interval(keepalive)
-            .keep_alive_timeout(keepalive.map_or(MAX_KEEPALIVE_TIMEOUT, |interval| {
-                interval.min(MAX_KEEPALIVE_TIMEOUT)
-            }));
-        http.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HTTP1_HEAD_TIMEOUT);
-        if !http1 {
-            http = http.http2_only();
-        }
-        Self {
-            tls,
-            handshake_timeout,
-            http,
-        }
-    }
-
-    /// Serves one connection until it closes or is dropped for misbehaving. When `drain`
-    /// changes (or its sender goes), the connection is drained: GOAWAY, calls in progress
-    /// finish, then it closes. `cancels` is where the service counts the calls its client
-    /// cancels.
-    pub async fn serve<S>(
-        self,
-        stream: TcpStream,
-        service: S,
-        cancels: Arc<CancelBudget>,
-        mut drain: watch::Receiver<()>,
-    ) where
-        S: HttpService,
-        S::Future: Send + 'static,
-    {
+    /// Serves one connection until it closes or is dropped for misbehaving, with the services
+    /// `fronts` makes for it. When `drain` changes (or its sender goes), the connection is
+    /// drained: GOAWAY, calls in progress finish, then it closes.
+    pub async fn serve(self, stream: TcpStream, fronts: Fronts, mut drain: watch::Receiver<()>) {
         let peer = stream.peer_addr().ok();
+        let state = Arc::new(ConnectionState {
+            peer,
+            cancels: CancelBudget::default(),
+            buffered: ByteBudget::connection(&self.server_buffered, self.max_buffered_bytes),
+            active: AtomicBool::new(false),
+        });
         let deadline = Instant::now() + self.handshake_timeout;
         let result = match &self.tls {
             None => {
-                let stream = PrefaceDeadline::new(stream, deadline);
-                self.serve_http(stream, service, &cancels, &mut drain, peer)
+                self.serve_plain(stream, &fronts, &state, &mut drain, deadline)
                     .await
             }
             Some(acceptor) => {
                 match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let stream = PrefaceDeadline::new(stream, deadline);
-                        self.serve_http(stream, service, &cancels, &mut drain, peer)
-                            .await
+                        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                        match alpn.as_deref() {
+                            Some(b"h2") => {
+                                self.serve_http2(stream, &fronts, &state, &mut drain, deadline)
+                                    .await
+                            }
+                            Some(b"http/1.1") if self.http1 => {
+                                self.serve_http1(stream, &fronts, &state, &mut drain).await
+                            }
+                            _ => {
+                                self.serve_plain(stream, &fronts, &state, &mut drain, deadline)
+                                    .await
+                            }
+                        }
                     }
                     Ok(Err(error)) => {
                         warn!(?peer, "TLS handshake failed: {error}");
                         return;
                     }
-                    Err(_) => {
-                        warn!(
-                            ?peer,
-                            "dropped a connection: no TLS handshake within {:?}",
-                            self.handshake_timeout
-                        );
-                        return;
-                    }
+                    Err(_) => Err(Ended::NoHandshake),
                 }
             }
         };
-        if let Err(error) = result {
-            log_end(peer, &*error, self.handshake_timeout);
+        if let Err(ended) = result {
+            ended.log(peer, self.handshake_timeout);
         }
     }
 
-    /// HTTP over `io` until the connection ends, draining it on `drain` or when its client has
-    /// cancelled too many calls.
-    async fn serve_http<I, S>(
+    /// A connection whose protocol its first bytes tell: the HTTP/2 preface, or (with gRPC-Web
+    /// on) anything else for HTTP/1.1.
+    async fn serve_plain<I>(
         &self,
-        io: I,
-        service: S,
-        cancels: &CancelBudget,
+        mut io: I,
+        fronts: &Fronts,
+        state: &Arc<ConnectionState>,
         drain: &mut watch::Receiver<()>,
-        peer: Option<SocketAddr>,
-    ) -> Result<(), BoxError>
+        deadline: Instant,
+    ) -> Result<(), Ended>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: HttpService,
-        S::Future: Send + 'static,
     {
-        let mut connection = pin!(self.http.serve_connection(TokioIo::new(io), service));
+        if !self.http1 {
+            // HTTP/2 only: h2 answers anything else with its SETTINGS and a GOAWAY.
+            return self.serve_http2(io, fronts, state, drain, deadline).await;
+        }
+        let (head, is_http2) = tokio::time::timeout_at(deadline, sniff(&mut io))
+            .await
+            .map_err(|_| Ended::NoHandshake)?
+            .map_err(Ended::Io)?;
+        let io = Rewind::new(head, io);
+        if is_http2 {
+            self.serve_http2(io, fronts, state, drain, deadline).await
+        } else {
+            self.serve_http1(io, fronts, state, drain).await
+        }
+    }
+
+    async fn serve_http2<I>(
+        &self,
+        io: I,
+        fronts: &Fronts,
+        state: &Arc<ConnectionState>,
+        drain: &mut watch::Receiver<()>,
+        deadline: Instant,
+    ) -> Result<(), Ended>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let service = fronts.http2(state);
+        let idle = Idle::new(&state.active, self.idle_timeout);
+        http2::serve(io, service, &self.http2, state, idle, drain, deadline)
+            .await
+            .map_err(Ended::Http2)
+    }
+
+    /// HTTP/1.1 with hyper: a deadline on each request head (slowly sent, or awaited between
+    /// requests), the idle timeout over the calls, and a graceful close on drain.
+    async fn serve_http1<I>(
+        &self,
+        io: I,
+        fronts: &Fronts,
+        state: &Arc<ConnectionState>,
+        drain: &mut watch::Receiver<()>,
+    ) -> Result<(), Ended>
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let service = TowerToHyperService::new(fronts.http1(state));
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.stall_timeout);
+        let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
+        let mut idle = Idle::new(&state.active, self.idle_timeout);
         let mut closing = false;
-        let mut abuse_grace = pin!(None::<tokio::time::Sleep>);
         loop {
             tokio::select! {
-                result = connection.as_mut() => return result,
+                result = connection.as_mut() => {
+                    return result.map_err(|error| Ended::Http1(error, self.stall_timeout));
+                }
                 _ = drain.changed(), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                () = cancels.exhausted(), if !closing => {
-                    closing = true;
-                    warn!(
-                        ?peer,
-                        "closing a connection whose client cancelled more than \
-                         {MAX_CANCELLED_CALLS} calls in {CANCEL_WINDOW:?}, each within \
-                         {RAPID_CANCEL:?} (a rapid-reset flood?)"
-                    );
-                    connection.as_mut().graceful_shutdown();
-                    abuse_grace.set(Some(tokio::time::sleep(ABUSE_GRACE)));
-                }
-                () = async { abuse_grace.as_mut().as_pin_mut().expect("set").await },
-                    if abuse_grace.is_some() =>
-                {
-                    warn!(?peer, "dropped the connection: its calls outlived {ABUSE_GRACE:?}");
+                () = std::future::poll_fn(|cx| idle.poll_idle(cx)) => {
+                    debug!(peer = ?state.peer, "closed an HTTP/1.1 connection on which no call made progress for {:?}", idle.timeout());
                     return Ok(());
                 }
             }
@@ -199,33 +192,198 @@ impl ConnectionSettings {
     }
 }
 
-/// What a connection is served with: the middleware stack, as hyper calls it.
-pub trait HttpService:
-    hyper::service::Service<
-        http::Request<Incoming>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-    > + Clone
-    + Send
-    + 'static
-{
+/// Reads the first bytes of a connection, as many as it takes to tell the HTTP/2 preface from
+/// anything else; returns them and whether they are the preface.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<(Bytes, bool)> {
+    let mut head = Vec::with_capacity(H2_PREFACE.len());
+    while head.len() < H2_PREFACE.len() {
+        let mut byte_buffer = [0; 24];
+        let wanted = H2_PREFACE.len() - head.len();
+        let read = io.read(&mut byte_buffer[..wanted]).await?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&byte_buffer[..read]);
+        if !H2_PREFACE.starts_with(&head) {
+            return Ok((head.into(), false));
+        }
+    }
+    let is_http2 = head == H2_PREFACE;
+    Ok((head.into(), is_http2))
 }
 
-impl<S> HttpService for S where
-    S: hyper::service::Service<
-            http::Request<Incoming>,
-            Response = http::Response<Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static
-{
+/// A connection whose first bytes were already read: they are read again first.
+struct Rewind<I> {
+    head: Bytes,
+    inner: I,
+}
+
+impl<I> Rewind<I> {
+    fn new(head: Bytes, inner: I) -> Self {
+        Self { head, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.head.is_empty() {
+            let take = self.head.len().min(buf.remaining());
+            buf.put_slice(&self.head[..take]);
+            self.head.advance(take);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// What one connection's calls share: set up when it is accepted, read by the middleware of
+/// each call on it.
+#[derive(Debug)]
+pub struct ConnectionState {
+    /// The client's address, for log lines.
+    pub peer: Option<SocketAddr>,
+    /// Calls its client cancelled: the rapid-reset defence.
+    pub cancels: CancelBudget,
+    /// Bytes its calls hold.
+    pub buffered: ByteBudget,
+    /// Set whenever one of its calls makes progress; cleared by [`Idle`].
+    active: AtomicBool,
+}
+
+impl ConnectionState {
+    /// A call on this connection moved: began, or had request or reply bytes go through.
+    pub fn progressed(&self) {
+        // Read first: a store to a line every core shares would bounce it at every call.
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Watches a connection for `timeout` without progress, in quarters: each quarter with no
+/// progress counts, any progress starts over. Costs one relaxed load per quarter.
+pub struct Idle<'a> {
+    active: &'a AtomicBool,
+    timeout: Option<Duration>,
+    timer: Pin<Box<Sleep>>,
+    quiet_quarters: u32,
+}
+
+impl<'a> Idle<'a> {
+    fn new(active: &'a AtomicBool, timeout: Option<Duration>) -> Self {
+        let quarter = timeout.map_or(Duration::MAX, |timeout| timeout / 4);
+        Self {
+            active,
+            timeout,
+            timer: Box::pin(tokio::time::sleep(quarter)),
+            quiet_quarters: 0,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(Duration::MAX)
+    }
+
+    /// Ready once no call made progress for the whole timeout; never without one.
+    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(timeout) = self.timeout else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            self.timer.as_mut().reset(Instant::now() + timeout / 4);
+            if self.active.swap(false, Ordering::Relaxed) {
+                self.quiet_quarters = 0;
+                continue;
+            }
+            self.quiet_quarters += 1;
+            if self.quiet_quarters >= 4 {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// How a connection ended, when that deserves a word in the log.
+enum Ended {
+    /// No TLS handshake or first request bytes before the handshake deadline.
+    NoHandshake,
+    Io(io::Error),
+    Http2(Http2Error),
+    /// hyper's error, and the head deadline it may have hit.
+    Http1(hyper::Error, Duration),
+}
+
+impl Ended {
+    /// A peer the server dropped for misbehaving gets a warning that says why; a peer that
+    /// merely went away is routine.
+    fn log(&self, peer: Option<SocketAddr>, handshake_timeout: Duration) {
+        match self {
+            Self::NoHandshake | Self::Http2(Http2Error::NoPreface) => warn!(
+                ?peer,
+                "dropped a connection: it sent no request (TLS handshake, HTTP/2 preface or \
+                 HTTP/1.1 request line) within {handshake_timeout:?}"
+            ),
+            Self::Http2(Http2Error::KeepaliveTimedOut) => {
+                warn!(?peer, "dropped a connection: keepalive ping unanswered")
+            }
+            Self::Http2(Http2Error::Protocol(error))
+                if error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) =>
+            {
+                warn!(
+                    ?peer,
+                    "dropped a connection for abuse (GOAWAY ENHANCE_YOUR_CALM): {error}"
+                )
+            }
+            Self::Http1(error, head_timeout) if error.is_timeout() => debug!(
+                ?peer,
+                "closed an HTTP/1.1 connection: no complete request head within {head_timeout:?}"
+            ),
+            Self::Io(error) => debug!(?peer, "connection ended: {error}"),
+            Self::Http2(error) => debug!(?peer, "connection ended: {error}"),
+            Self::Http1(error, _) => debug!(?peer, "connection ended: {error}"),
+        }
+    }
 }
 
 /// Calls one connection's client may cancel, each within [`RAPID_CANCEL`] of its start, within
-/// [`CANCEL_WINDOW`] before the connection is drained. Thousands a second is the "rapid reset"
-/// attack, which h2's own check (reset streams still waiting to be accepted) only catches when
-/// the server is slower than the flood.
+/// [`CANCEL_WINDOW`] before the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Thousands a
+/// second is the "rapid reset" attack, which h2's own check (reset streams still waiting to be
+/// accepted) only catches when the server is slower than the flood.
 const MAX_CANCELLED_CALLS: u32 = 1000;
 
 /// Only calls cancelled this soon count: a client gives up on a call now and then (its deadline,
@@ -237,8 +395,12 @@ const RAPID_CANCEL: Duration = Duration::from_millis(10);
 /// The window [`MAX_CANCELLED_CALLS`] is counted over.
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
 
+/// The budget, in words, for log lines.
+pub const CANCEL_BUDGET_DESCRIPTION: &str =
+    "more than 1000 calls in 10 s, each within 10 ms of making it (a rapid-reset flood?)";
+
 /// Calls cancelled by one connection's client: the middleware records them, the connection
-/// drains itself when the budget is spent.
+/// closes itself when the budget is spent.
 #[derive(Debug, Default)]
 pub struct CancelBudget {
     /// Start of the current window, and calls cancelled in it.
@@ -269,150 +431,56 @@ impl CancelBudget {
     }
 
     /// Completes once more calls than the budget allows were cancelled in one window.
-    async fn exhausted(&self) {
+    pub async fn exhausted(&self) {
         self.spent.notified().await;
     }
 }
 
-/// Logs why a connection ended with an error: a peer the server dropped for misbehaving gets a
-/// warning that says why; a peer that merely went away is routine.
-fn log_end(
-    peer: Option<SocketAddr>,
-    error: &(dyn std::error::Error + 'static),
-    handshake_timeout: Duration,
-) {
-    let causes = std::iter::successors(Some(error), |error| error.source());
-    for cause in causes {
-        if let Some(io) = cause.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::TimedOut
-            && io.get_ref().is_some_and(|inner| inner.is::<NoPreface>())
-        {
-            warn!(
-                ?peer,
-                "dropped a connection: it sent no request (HTTP/2 preface or HTTP/1.1 request \
-                 line) within {handshake_timeout:?}"
-            );
-            return;
-        }
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
-            && hyper.is_timeout()
-        {
-            // hyper tells the two timeouts apart only by their text.
-            if hyper.to_string().contains("read header") {
-                debug!(
-                    ?peer,
-                    "closed an HTTP/1.1 connection: no request head within {HTTP1_HEAD_TIMEOUT:?}"
-                );
-            } else {
-                warn!(?peer, "dropped a connection: keepalive ping unanswered");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_sniffed_bytes_are_read_again() {
+        let (mut client, server) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut server = server;
+        let (head, is_http2) = sniff(&mut server).await.unwrap();
+        assert!(!is_http2);
+        assert!(b"GET / HTTP/1.1\r\n".starts_with(&head), "{head:?}");
+        let mut rewound = Rewind::new(head, server);
+        let mut line = [0; 16];
+        rewound.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_recognised_across_reads() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let write = async {
+            for piece in H2_PREFACE.chunks(5) {
+                tokio::io::AsyncWriteExt::write_all(&mut client, piece)
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
             }
-            return;
-        }
-        if let Some(h2) = cause.downcast_ref::<h2::Error>()
-            && h2.is_go_away()
-            && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
-        {
-            warn!(
-                ?peer,
-                "dropped a connection for abuse (GOAWAY ENHANCE_YOUR_CALM): {h2}"
-            );
-            return;
-        }
-    }
-    debug!(?peer, "connection ended with an error: {error}");
-}
-
-/// The error a connection fails with when its preface is late.
-#[derive(Debug, thiserror::Error)]
-#[error("no HTTP/2 preface before the handshake deadline")]
-struct NoPreface;
-
-/// A connection that must deliver the HTTP/2 preface by a deadline; after that, a plain
-/// pass-through.
-///
-/// hyper's HTTP/2 server waits for the preface forever, and keepalive pings start only after
-/// it, so without this a peer that connects and sends nothing holds its socket (and a file
-/// descriptor) for as long as it likes. Bytes that are not the preface are HTTP/1.1 (or junk
-/// hyper refuses at once), whose request heads hyper times out itself: the deadline ends there.
-struct PrefaceDeadline<S> {
-    inner: S,
-    /// Cleared once the preface is in, or the bytes turn out to be something else.
-    deadline: Option<Pin<Box<Sleep>>>,
-    /// Preface bytes matched so far.
-    matched: usize,
-}
-
-impl<S> PrefaceDeadline<S> {
-    fn new(inner: S, deadline: Instant) -> Self {
-        Self {
-            inner,
-            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
-            matched: 0,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for PrefaceDeadline<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let Some(deadline) = this.deadline.as_mut() else {
-            return read;
         };
-        match read {
-            Poll::Ready(Ok(())) => {
-                let received = &buf.filled()[before..];
-                let expected = &H2_PREFACE[this.matched..];
-                let compared = received.len().min(expected.len());
-                this.matched += compared;
-                if received.is_empty()
-                    || received[..compared] != expected[..compared]
-                    || this.matched == H2_PREFACE.len()
-                {
-                    // End of stream, not HTTP/2, or the whole preface: nothing left to wait for.
-                    this.deadline = None;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, NoPreface)))
-            }
-            other => other,
-        }
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for PrefaceDeadline<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let ((head, is_http2), ()) =
+            tokio::join!(async { sniff(&mut server).await.unwrap() }, write);
+        assert!(is_http2);
+        assert_eq!(&head[..], H2_PREFACE);
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_after_four_quiet_quarters() {
+        let active = AtomicBool::new(false);
+        let mut idle = Idle::new(&active, Some(Duration::from_secs(4)));
+        let started = Instant::now();
+        // Progress in the first quarter starts the count over.
+        active.store(true, Ordering::Relaxed);
+        std::future::poll_fn(|cx| idle.poll_idle(cx)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

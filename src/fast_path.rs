@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
@@ -69,10 +69,10 @@ impl<S> FastPath<S> {
 
 impl<S, B> Service<Request<B>> for FastPath<S>
 where
-    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Status>,
+    B::Error: Into<Status> + Into<tonic::codegen::StdError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -86,7 +86,7 @@ where
         if self.takes(&request) {
             Box::pin(do_format(request.into_body(), self.max_message_bytes))
         } else {
-            Box::pin(self.inner.call(request))
+            Box::pin(self.inner.call(request.map(Body::new)))
         }
     }
 }
@@ -96,10 +96,10 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<Status>,
 {
-    let reply = match read_message(body, limit).await {
-        Ok(message) => encode_reply(message, limit),
-        Err(status) => Err(status),
-    };
+    let reply = read_message(body, limit)
+        .await
+        .and_then(|message| service::format(message, limit))
+        .map(|reply| codec::frame(&reply));
     let mut response = Response::new(Body::default());
     response
         .headers_mut()
@@ -127,21 +127,32 @@ where
     B::Error: Into<Status>,
 {
     // Usually the whole message comes in one DATA frame: keep those bytes as they are, and only
-    // copy into a buffer when a second frame follows.
-    let mut received = Bytes::new();
+    // copy into a buffer when a second frame follows. The buffer grows by doubling, so a
+    // message in a thousand tiny frames costs a few copies of it, not a thousand.
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
         // The body's own errors are statuses already (`middleware::Counted`).
         let frame = frame.map_err(Into::into)?;
-        if let Ok(data) = frame.into_data() {
-            received = if received.is_empty() {
-                data
-            } else {
-                let mut joined = BytesMut::with_capacity(received.len() + data.len());
-                joined.put(received);
-                joined.put(data);
-                joined.freeze()
-            };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match &mut joined {
+            Some(buffer) => {
+                if buffer.capacity() - buffer.len() < data.len() {
+                    buffer.reserve(data.len().max(buffer.len()));
+                }
+                buffer.extend_from_slice(&data);
+            }
+            None if first.is_empty() => first = data,
+            None => {
+                let mut buffer = BytesMut::with_capacity(2 * (first.len() + data.len()));
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
+            }
         }
+        let received = joined.as_deref().unwrap_or(&first);
         if received.len() >= PREFIX {
             // The flag before the length, in tonic's order, so both paths blame the same fault.
             if received[0] != 0 {
@@ -161,6 +172,10 @@ where
             }
         }
     }
+    let mut received = match joined {
+        Some(buffer) => buffer.freeze(),
+        None => first,
+    };
     if received.is_empty() {
         return Err(Status::invalid_argument("missing request message"));
     }
@@ -193,18 +208,6 @@ fn bad_flag(flag: u8) -> Status {
             "invalid compression flag {flag} (0 and 1 are valid)"
         )),
     }
-}
-
-/// The framed reply: prefix and encoded message in one buffer.
-fn encode_reply(request: Data, limit: usize) -> Result<Bytes, Status> {
-    let reply = service::format(request);
-    let length = reply.encoded_len();
-    if length > limit {
-        return Err(Status::resource_exhausted(format!(
-            "reply message of {length} bytes is over the {limit}-byte limit"
-        )));
-    }
-    Ok(codec::frame(&reply))
 }
 
 /// `grpc-status` and `grpc-message` of an error.

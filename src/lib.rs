@@ -12,6 +12,8 @@
 //!   over HTTP/2 (optionally TLS) until shutdown, with a grace period for calls in progress.
 //! - [`connection`]: one client connection: handshake deadline, TLS, HTTP/2 settings and
 //!   limits, and the misbehaving peers it drops.
+//! - [`http2`]: HTTP/2 served on the `h2` crate: the connection loop, a task per stream.
+//! - [`limits`]: what peers may take: connections (descriptors) and bytes held for calls.
 //! - [`fast_path`]: unary DoFormat handled directly, the benchmark's hot path.
 //! - [`middleware`]: around every call: gRPC-only, deadlines, standard status codes, call logs.
 //! - [`web`]: gRPC-Web for browsers on the same port (tonic-web, CORS) and the playground page.
@@ -38,6 +40,8 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod fast_path;
+pub mod http2;
+pub mod limits;
 pub mod metrics;
 pub mod middleware;
 pub mod runtime;

@@ -5,19 +5,22 @@
 //! [`crate::middleware`] records each call; this module owns the registry and the endpoint.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
 use tokio::net::TcpListener;
 use tonic::Code;
-use tracing::{debug, warn};
+use tracing::debug;
+
+use crate::limits::{Acceptor, MAX_METRICS_CONNECTIONS};
 
 /// Whether the method at `path` takes exactly one request message (unary and server-streaming
 /// methods); `false` for unknown paths, which the router refuses anyway.
@@ -230,15 +233,22 @@ fn go_code_name(code: Code) -> &'static str {
     }
 }
 
-/// Counts gRPC messages in a byte stream: each starts with a 5-byte prefix (flag, length), and
-/// prefixes may straddle HTTP/2 DATA frames.
+/// Follows the gRPC framing of a byte stream: each message starts with a 5-byte prefix (flag,
+/// length), and prefixes may straddle HTTP/2 DATA frames. Counts the messages, and knows how
+/// much of the one in progress has arrived.
 #[derive(Debug, Default)]
 pub struct MessageCounter {
     prefix: [u8; 5],
     prefix_read: usize,
+    /// Declared length of the message whose body is arriving.
+    length: usize,
     remaining: usize,
     /// Messages whose first byte has been seen.
     begun: u64,
+    /// Messages seen whole.
+    complete: u64,
+    /// The largest whole message so far, prefix included.
+    largest: usize,
 }
 
 impl MessageCounter {
@@ -252,6 +262,24 @@ impl MessageCounter {
         self.begun
     }
 
+    /// Messages seen whole.
+    pub fn complete(&self) -> u64 {
+        self.complete
+    }
+
+    /// Bytes of the message in progress seen so far, prefix included; 0 between messages.
+    pub fn partial(&self) -> usize {
+        match self.remaining {
+            0 => self.prefix_read,
+            remaining => 5 + self.length - remaining,
+        }
+    }
+
+    /// The largest whole message seen, prefix included.
+    pub fn largest(&self) -> usize {
+        self.largest
+    }
+
     /// Feeds the next bytes; returns how many messages began in them.
     pub fn feed(&mut self, mut bytes: &[u8]) -> u64 {
         let mut messages = 0;
@@ -260,6 +288,9 @@ impl MessageCounter {
                 let skipped = self.remaining.min(bytes.len());
                 self.remaining -= skipped;
                 bytes = &bytes[skipped..];
+                if self.remaining == 0 {
+                    self.completed();
+                }
                 continue;
             }
             if self.prefix_read == 0 {
@@ -272,26 +303,32 @@ impl MessageCounter {
             bytes = &bytes[taken..];
             if self.prefix_read == 5 {
                 messages += 1;
-                self.remaining =
+                self.length =
                     u32::from_be_bytes(self.prefix[1..].try_into().expect("4 bytes")) as usize;
+                self.remaining = self.length;
                 self.prefix_read = 0;
+                if self.remaining == 0 {
+                    self.completed();
+                }
             }
         }
         messages
     }
+
+    fn completed(&mut self) {
+        self.complete += 1;
+        self.largest = self.largest.max(5 + self.length);
+    }
 }
 
-/// Serves `GET /metrics` on `listener` (HTTP/1.1, as Prometheus scrapes) until dropped.
-pub async fn serve(listener: TcpListener, metrics: GrpcMetrics) {
+/// Serves `GET /metrics` on `listener` (HTTP/1.1, as Prometheus scrapes) until dropped, at
+/// most [`MAX_METRICS_CONNECTIONS`] connections at once, each with `head_timeout` for its
+/// request heads: the endpoint must not be easier to exhaust than the main port.
+pub async fn serve(listener: TcpListener, metrics: GrpcMetrics, head_timeout: Duration) {
+    let mut acceptor = Acceptor::new(vec![listener], MAX_METRICS_CONNECTIONS);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!("metrics endpoint: accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (stream, slot) = acceptor.accept().await;
+        let peer = stream.peer_addr().ok();
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service =
@@ -299,12 +336,15 @@ pub async fn serve(listener: TcpListener, metrics: GrpcMetrics) {
                     let metrics = metrics.clone();
                     async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
                 });
-            if let Err(error) = http1::Builder::new()
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(head_timeout)
                 .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, "metrics connection ended: {error}");
+                .await;
+            if let Err(error) = served {
+                debug!(?peer, "metrics connection ended: {error}");
             }
+            drop(slot);
         });
     }
 }
@@ -342,7 +382,22 @@ mod tests {
                 .map(|chunk| counter.feed(chunk))
                 .sum();
             assert_eq!(total, 3, "chunks of {chunk_size}");
+            assert_eq!(counter.complete(), 3);
+            assert_eq!(counter.largest(), 5 + 16);
+            assert_eq!(counter.partial(), 0);
         }
+    }
+
+    #[test]
+    fn knows_how_much_of_the_message_in_progress_arrived() {
+        let mut counter = MessageCounter::default();
+        counter.feed(&[0, 0, 0]);
+        assert_eq!((counter.partial(), counter.complete()), (3, 0));
+        counter.feed(&[0, 10, b'a', b'b']);
+        assert_eq!((counter.partial(), counter.complete()), (7, 0));
+        counter.feed(&[b'c'; 8]);
+        assert_eq!((counter.partial(), counter.complete()), (0, 1));
+        assert_eq!(counter.largest(), 15);
     }
 
     #[test]

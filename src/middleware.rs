@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use crate::connection::CancelBudget;
+use crate::connection::ConnectionState;
 use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter, takes_one_request};
 use tracing::{debug, warn};
 
@@ -43,6 +43,9 @@ pub struct CallsLayer {
     pub in_flight: Arc<InFlight>,
     /// Prometheus metrics, when `--metrics-addr` asks for them.
     pub metrics: Option<GrpcMetrics>,
+    /// `--stall-timeout`: how long a request may stop in the middle of a message; `None` waits
+    /// for ever (the fuzz targets, which have no clock to spare).
+    pub stall_timeout: Option<Duration>,
 }
 
 impl<S> Layer<S> for CallsLayer {
@@ -53,7 +56,8 @@ impl<S> Layer<S> for CallsLayer {
             inner,
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
-            cancels: None,
+            stall_timeout: self.stall_timeout,
+            connection: None,
         }
     }
 }
@@ -64,14 +68,16 @@ pub struct Calls<S> {
     inner: S,
     in_flight: Arc<InFlight>,
     metrics: Option<GrpcMetrics>,
-    /// The connection's count of calls its client cancelled (the rapid-reset defence).
-    cancels: Option<Arc<CancelBudget>>,
+    stall_timeout: Option<Duration>,
+    /// The connection the calls come on: where cancelled calls, buffered bytes and progress are
+    /// counted. `None` outside a server (the fuzz targets).
+    connection: Option<Arc<ConnectionState>>,
 }
 
 impl<S> Calls<S> {
-    /// This middleware for one connection, counting the calls its client cancels in `cancels`.
-    pub fn with_cancel_budget(mut self, cancels: Arc<CancelBudget>) -> Self {
-        self.cancels = Some(cancels);
+    /// This middleware for the calls of one connection.
+    pub fn for_connection(mut self, connection: Arc<ConnectionState>) -> Self {
+        self.connection = Some(connection);
         self
     }
 }
@@ -100,16 +106,31 @@ where
             .metrics
             .as_ref()
             .and_then(|metrics| metrics.start(request.uri().path()));
+        if let Some(connection) = &self.connection {
+            connection.progressed();
+        }
         let one_message = takes_one_request(request.uri().path());
-        let request = request.map(|body| {
-            let counter = metrics.as_ref().map(|metrics| metrics.received.clone());
-            Counted::new(body, counter, one_message)
+        let gone = request.extensions().get::<ClientGone>().cloned();
+        let request = request.map(|body| Counted {
+            inner: body,
+            messages: MessageCounter::default(),
+            counter: metrics.as_ref().map(|metrics| metrics.received.clone()),
+            one_message,
+            ended: false,
+            connection: self.connection.clone(),
+            held: 0,
+            gone,
+            stall: self.stall_timeout.map(|timeout| Stall {
+                timeout,
+                timer: None,
+                restart: true,
+            }),
         });
         let call = CallLog::start(
             request.uri(),
             self.in_flight.clone(),
             metrics,
-            self.cancels.clone(),
+            self.connection.clone(),
         );
 
         if !is_grpc(request.headers()) {
@@ -180,8 +201,10 @@ struct CallLog {
     metrics: Option<CallMetrics>,
     /// Reply messages seen so far, for `grpc_server_msg_sent_total`.
     sent: MessageCounter,
-    /// Where a call that never finishes is counted against its connection.
-    cancels: Option<Arc<CancelBudget>>,
+    /// Where a call its client cancels is counted, and its reply bytes.
+    connection: Option<Arc<ConnectionState>>,
+    /// Reply bytes handed to the connection and not yet taken by it, held in its budget.
+    reply_held: usize,
 }
 
 impl CallLog {
@@ -189,7 +212,7 @@ impl CallLog {
         uri: &http::Uri,
         in_flight: Arc<InFlight>,
         metrics: Option<CallMetrics>,
-        cancels: Option<Arc<CancelBudget>>,
+        connection: Option<Arc<ConnectionState>>,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -202,7 +225,29 @@ impl CallLog {
             finished: false,
             metrics,
             sent: MessageCounter::default(),
-            cancels,
+            connection,
+            reply_held: 0,
+        }
+    }
+
+    /// Holds `bytes` of reply in the connection's budget until [`Self::release_reply`]: a client
+    /// that does not read its replies must not make the server keep them without limit.
+    fn hold_reply(&mut self, bytes: usize) -> Result<(), Status> {
+        self.release_reply();
+        if let Some(connection) = &self.connection {
+            connection.progressed();
+            connection.buffered.take(bytes)?;
+            self.reply_held = bytes;
+        }
+        Ok(())
+    }
+
+    /// Gives back the reply bytes held, once the connection has taken them.
+    fn release_reply(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection
+                .buffered
+                .give_back(std::mem::take(&mut self.reply_held));
         }
     }
 
@@ -222,6 +267,9 @@ impl CallLog {
         if let Some(metrics) = &self.metrics {
             metrics.finish(status.code(), self.started.elapsed().as_secs_f64());
         }
+        if status.code() == Code::Cancelled {
+            self.count_cancelled();
+        }
         let (method, code) = (self.method(), status.code());
         let duration_us = self.started.elapsed().as_micros() as u64;
         if code == Code::Ok {
@@ -232,16 +280,24 @@ impl CallLog {
     }
 }
 
+impl CallLog {
+    /// Counts this call against its connection's budget of cancelled calls.
+    fn count_cancelled(&self) {
+        if let Some(connection) = &self.connection {
+            connection.cancels.record(self.started.elapsed());
+        }
+    }
+}
+
 impl Drop for CallLog {
     fn drop(&mut self) {
+        self.release_reply();
         self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
             if let Some(metrics) = &self.metrics {
                 metrics.finish(Code::Cancelled, self.started.elapsed().as_secs_f64());
             }
-            if let Some(cancels) = &self.cancels {
-                cancels.record(self.started.elapsed());
-            }
+            self.count_cancelled();
             // The reply never completed: the client went away, or shutdown's grace ran out.
             let duration_us = self.started.elapsed().as_micros() as u64;
             warn!(
@@ -297,6 +353,10 @@ impl HttpBody for LoggedBody {
             }
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
+        if let Some(call) = this.call.as_mut() {
+            // The connection polls again once it has taken the last frame.
+            call.release_reply();
+        }
         let frame = ready!(this.inner.poll_frame(cx));
         let frame = match frame {
             Some(Ok(frame)) => match frame.into_trailers() {
@@ -310,6 +370,15 @@ impl HttpBody for LoggedBody {
                 }
                 Err(data) => {
                     if let (Some(call), Some(bytes)) = (this.call.as_mut(), data.data_ref()) {
+                        if let Err(status) = call.hold_reply(bytes.len()) {
+                            // Over the budget: the reply is dropped, the call ends here.
+                            let mut trailers = HeaderMap::new();
+                            set_status_headers(&mut trailers, &status);
+                            if let Some(call) = this.call.take() {
+                                call.finish(&status);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
                         call.sending(bytes);
                     }
                     data
@@ -342,18 +411,26 @@ impl HttpBody for LoggedBody {
 }
 
 pin_project_lite::pin_project! {
-    /// A request body that follows its gRPC framing: it counts the messages read, for
-    /// `grpc_server_msg_received_total`, fails a body that ends inside a message, and one that
-    /// carries a second message to a method that takes one.
+    /// A request body that follows its gRPC framing, as it arrives:
+    /// - counts the messages read, for `grpc_server_msg_received_total`;
+    /// - fails a body that ends inside a message, and one that carries a second message to a
+    ///   method that takes one;
+    /// - holds the bytes of the message in progress in the connection's budget (for streaming
+    ///   calls, the largest message so far: tonic's decoder keeps that much buffer), failing
+    ///   the call with RESOURCE_EXHAUSTED past it;
+    /// - ends the call with DEADLINE_EXCEEDED when the client stops in the middle of a message,
+    ///   or before a unary call's message is whole, for `--stall-timeout`;
+    /// - turns a client that reset its stream or dropped its connection into CANCELLED, the
+    ///   same on every path (tonic would say "Missing request message", or UNKNOWN).
     ///
     /// tonic's unary handling reads the first message and then drains and drops any others, for
     /// as long as the client sends them; gRPC allows exactly one (grpc-go and grpc-core refuse
     /// more), and the fast path refuses them as they arrive.
     ///
-    /// tonic's decoder misses that case when the body stops right after a message's 5-byte
-    /// prefix (it has consumed the prefix, finds its buffer empty, and takes the end of the body
-    /// for a clean end of stream), so a stream's last, truncated message would vanish without an
-    /// error. Found by `fuzz/`'s request target.
+    /// tonic's decoder misses a truncated message when the body stops right after a message's
+    /// 5-byte prefix (it has consumed the prefix, finds its buffer empty, and takes the end of
+    /// the body for a clean end of stream), so a stream's last, truncated message would vanish
+    /// without an error. Found by `fuzz/`'s request target.
     pub struct Counted<B> {
         #[pin]
         inner: B,
@@ -361,18 +438,60 @@ pin_project_lite::pin_project! {
         counter: Option<IntCounter>,
         one_message: bool,
         ended: bool,
+        connection: Option<Arc<ConnectionState>>,
+        // Bytes held in the connection's budget.
+        held: usize,
+        // Set by the gRPC-Web path, where tonic-web hides why the body failed.
+        gone: Option<ClientGone>,
+        stall: Option<Stall>,
+    }
+
+    impl<B> PinnedDrop for Counted<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(connection) = this.connection {
+                connection.buffered.give_back(*this.held);
+            }
+        }
+    }
+}
+
+/// The stall timer of a request body: armed when the body has nothing to give while a message
+/// is incomplete, restarted by every byte.
+struct Stall {
+    timeout: Duration,
+    /// Created the first time the body waits mid-message: most bodies never do.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes came since the timer was last set.
+    restart: bool,
+}
+
+impl Stall {
+    /// Ready when the body has been waiting for `timeout` since its last bytes.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if std::mem::take(&mut self.restart) {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx)
+    }
+
+    fn status(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "request stalled: no bytes for {:?} in the middle of a message (--stall-timeout)",
+            self.timeout
+        ))
     }
 }
 
 impl<B> Counted<B> {
-    fn new(inner: B, counter: Option<IntCounter>, one_message: bool) -> Self {
-        Self {
-            inner,
-            messages: MessageCounter::default(),
-            counter,
-            one_message,
-            ended: false,
-        }
+    /// Whether the call is waiting for bytes it cannot do without: the rest of a message, or a
+    /// unary call's one message. Between the messages of a stream, waiting is the client's right.
+    fn awaits_message(&self) -> bool {
+        self.messages.mid_message() || (self.one_message && self.messages.complete() == 0)
     }
 }
 
@@ -385,18 +504,37 @@ where
     type Error = Status;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        if *this.ended {
+        if self.ended {
             return Poll::Ready(None);
         }
-        let frame = match ready!(this.inner.poll_frame(cx)) {
-            Some(Ok(frame)) => frame,
-            // As tonic's decoder would map it (a reset stream is CANCELLED, and so on).
-            Some(Err(error)) => return Poll::Ready(Some(Err(Status::from_error(error.into())))),
-            None => {
+        let awaits_message = self.awaits_message();
+        let this = self.as_mut().project();
+        let frame = match this.inner.poll_frame(cx) {
+            Poll::Pending => {
+                if let Some(stall) = this.stall
+                    && awaits_message
+                    && stall.poll_expired(cx).is_ready()
+                {
+                    *this.ended = true;
+                    return Poll::Ready(Some(Err(stall.status())));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(error))) => {
+                *this.ended = true;
+                let error = error.into();
+                let gone = this.gone.as_ref().is_some_and(ClientGone::is_set);
+                return Poll::Ready(Some(Err(if gone || is_transport_error(&*error) {
+                    client_went_away()
+                } else {
+                    Status::from_error(error)
+                })));
+            }
+            Poll::Ready(None) => {
                 *this.ended = true;
                 if this.messages.mid_message() {
                     return Poll::Ready(Some(Err(Status::invalid_argument(
@@ -411,9 +549,28 @@ where
             if let Some(counter) = this.counter {
                 counter.inc_by(began);
             }
+            if let Some(stall) = this.stall {
+                stall.restart = true;
+            }
             if *this.one_message && this.messages.begun() > 1 {
                 *this.ended = true;
                 return Poll::Ready(Some(Err(more_than_one_message())));
+            }
+            if let Some(connection) = this.connection {
+                connection.progressed();
+                let wanted = match *this.one_message {
+                    true => this.messages.partial(),
+                    false => this.messages.partial().max(this.messages.largest()),
+                };
+                if wanted > *this.held {
+                    if let Err(status) = connection.buffered.take(wanted - *this.held) {
+                        *this.ended = true;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                } else {
+                    connection.buffered.give_back(*this.held - wanted);
+                }
+                *this.held = wanted;
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -422,6 +579,82 @@ where
     fn is_end_stream(&self) -> bool {
         // Not done until the framing check has run at the end of the body.
         self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The status of a call whose client reset its stream or dropped its connection.
+fn client_went_away() -> Status {
+    Status::cancelled("the client cancelled the call (stream reset or connection closed)")
+}
+
+/// Whether a request body failed because of its transport (a reset stream, a closed connection)
+/// rather than its content.
+fn is_transport_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |error| error.source()).any(|cause| {
+        cause.is::<h2::Error>() || cause.is::<hyper::Error>() || cause.is::<std::io::Error>()
+    })
+}
+
+/// Whether a gRPC-Web request's body failed because the client went away. tonic-web turns its
+/// body's errors into a status carrying only their text, so the fact travels beside it, in the
+/// request's extensions, from [`ClientGone::track`] to [`Counted`].
+#[derive(Debug, Clone, Default)]
+pub struct ClientGone(Arc<AtomicBool>);
+
+impl ClientGone {
+    /// Watches `request`'s body for transport errors, and leaves the flag in its extensions.
+    pub fn track<B>(request: Request<B>) -> Request<Watched<B>> {
+        let gone = Self::default();
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(gone.clone());
+        Request::from_parts(parts, Watched { inner: body, gone })
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that raises its [`ClientGone`] flag when it fails for transport reasons.
+    pub struct Watched<B> {
+        #[pin]
+        inner: B,
+        gone: ClientGone,
+    }
+}
+
+impl<B> HttpBody for Watched<B>
+where
+    B: HttpBody,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = B::Data;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match ready!(this.inner.poll_frame(cx)) {
+            Some(Err(error)) => {
+                let error = error.into();
+                if is_transport_error(&*error) {
+                    this.gone.0.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(error)))
+            }
+            other => Poll::Ready(other.map(|frame| frame.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -476,7 +709,7 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// A trailers-only gRPC response carrying `status`.
-fn status_response(status: &Status) -> Response<Body> {
+pub(crate) fn status_response(status: &Status) -> Response<Body> {
     let mut response = Response::new(Body::default());
     response
         .headers_mut()
@@ -502,7 +735,7 @@ pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
 }
 
 /// gRPC is `application/grpc`, optionally with a `+proto`-style suffix or parameters.
-fn is_grpc(headers: &HeaderMap) -> bool {
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

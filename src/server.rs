@@ -5,7 +5,6 @@
 //! addresses, port 0 included, before the first connection arrives, and so that "address in use"
 //! is reported before anything is served.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -13,36 +12,31 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::select_all;
-use hyper::body::Incoming;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::body::Body;
 use tonic::codec::CompressionEncoding;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower::Service;
-use tower::ServiceBuilder;
+use tower::Layer;
 use tracing::{error, info, warn};
 
 use crate::auth::RequireBearer;
 use crate::config::{HostPort, ServerArgs};
-use crate::connection::{CancelBudget, ConnectionSettings};
+use crate::connection::ConnectionSettings;
 use crate::fast_path::FastPath;
+use crate::http2::Http2Settings;
+use crate::limits::{Acceptor, ByteBudget, DescriptorLimit};
 use crate::metrics::GrpcMetrics;
-use crate::middleware::{Calls, CallsLayer, Counted, InFlight};
+use crate::middleware::{Calls, CallsLayer, InFlight};
 use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
 use crate::runtime;
 use crate::service::FormatDataService;
 use crate::tls::{self, TlsError};
-use crate::web::{Front, WebSettings};
+use crate::web::{Fronts, WebSettings};
 
 /// How many times to retry when port 0 was asked for on a name with several addresses and the
 /// free port picked on the first address is taken on another one.
@@ -176,6 +170,16 @@ pub struct ServerConfig {
     keepalive: Option<Duration>,
     /// How long a new connection gets for the TLS handshake and the HTTP/2 preface.
     handshake_timeout: Duration,
+    /// Connections served at once.
+    max_connections: usize,
+    /// How long a request may stop mid-message, or an HTTP/1.1 head may take.
+    stall_timeout: Duration,
+    /// How long a connection may go without any call making progress; `None`: for ever.
+    idle_timeout: Option<Duration>,
+    /// Bytes all calls in progress may hold.
+    max_buffered_bytes: usize,
+    /// Bytes the calls of one connection may hold.
+    max_buffered_bytes_per_connection: usize,
     /// Where to serve Prometheus metrics; `None` keeps them off.
     metrics_addr: Option<SocketAddr>,
     /// `--grpc-web`: `None` leaves it to the addresses (on when all are loopback).
@@ -186,8 +190,33 @@ pub struct ServerConfig {
     cors_origins: Vec<http::HeaderValue>,
 }
 
+/// Why the settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "--max-connections {asked} is more than the open-file limit allows ({open_files} \
+         descriptors: at most {max} connections); raise the limit (ulimit -n) or lower the flag"
+    )]
+    TooManyConnections {
+        asked: u32,
+        open_files: u64,
+        max: usize,
+    },
+    #[error("cannot read the open-file limit: {0}")]
+    DescriptorLimit(io::Error),
+}
+
+impl ConfigError {
+    /// Whether the command line itself is wrong (exit status 2), not the files it names.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, Self::TooManyConnections { .. })
+    }
+}
+
 impl ServerConfig {
-    pub fn from_args(args: &ServerArgs) -> Result<Self, TlsError> {
+    pub fn from_args(args: &ServerArgs) -> Result<Self, ConfigError> {
         let tls = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some(tls::server_config(
                 cert,
@@ -195,6 +224,18 @@ impl ServerConfig {
                 args.tls_client_ca.as_deref(),
             )?),
             _ => None,
+        };
+        let descriptors = DescriptorLimit::raise().map_err(ConfigError::DescriptorLimit)?;
+        let max_connections = match args.max_connections {
+            None => descriptors.default_max_connections(),
+            Some(asked) if asked as usize <= descriptors.max_connections => asked as usize,
+            Some(asked) => {
+                return Err(ConfigError::TooManyConnections {
+                    asked,
+                    open_files: descriptors.open_files,
+                    max: descriptors.max_connections,
+                });
+            }
         };
         Ok(Self {
             tls,
@@ -205,6 +246,11 @@ impl ServerConfig {
             max_concurrent_streams: args.max_concurrent_streams,
             keepalive: (args.keepalive_secs > 0).then(|| Duration::from_secs(args.keepalive_secs)),
             handshake_timeout: args.handshake_timeout,
+            max_connections,
+            stall_timeout: args.stall_timeout,
+            idle_timeout: (!args.idle_timeout.is_zero()).then_some(args.idle_timeout),
+            max_buffered_bytes: args.max_buffered_bytes,
+            max_buffered_bytes_per_connection: args.max_buffered_bytes_per_connection,
             metrics_addr: args.metrics_addr,
             grpc_web: args.grpc_web,
             playground: !args.no_playground,
@@ -222,9 +268,6 @@ pub enum ServeError {
     Metrics { addr: SocketAddr, source: io::Error },
 }
 
-/// Pause after a failed accept (out of file descriptors, say), so the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-
 /// Serves FormatData, health and reflection on `listeners` until `shutdown` completes.
 ///
 /// Shutdown then goes: health reports NOT_SERVING, the listeners close, every connection gets
@@ -238,37 +281,41 @@ pub async fn run(
     let (health, routes) = routes(&config).await?;
     let in_flight = Arc::new(InFlight::default());
     let metrics = match config.metrics_addr {
-        Some(addr) => Some(serve_metrics(addr).await?),
+        Some(addr) => Some(serve_metrics(addr, config.stall_timeout).await?),
         None => None,
     };
     let calls = CallsLayer {
         in_flight: in_flight.clone(),
         metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
+        stall_timeout: Some(config.stall_timeout),
     };
     let web = web_settings(&config, listeners.local_addrs());
-    let native = http_service::<Incoming>(routes.clone(), calls.clone(), &config);
-    let grpc_web = web
-        .grpc_web
-        .then(|| http_service::<Body>(routes, calls, &config));
-    let connection = ConnectionSettings::new(
-        config
+    let fronts = Fronts::new(http_service(routes, calls, &config), &web);
+    let connection = ConnectionSettings {
+        tls: config
             .tls
             .as_ref()
             .map(|tls| tls::acceptor(tls, web.grpc_web)),
-        config.handshake_timeout,
-        config.max_concurrent_streams,
-        config.keepalive,
-        web.grpc_web,
-    );
+        handshake_timeout: config.handshake_timeout,
+        http2: Http2Settings {
+            max_concurrent_streams: config.max_concurrent_streams,
+            keepalive: config.keepalive,
+        },
+        http1: web.grpc_web,
+        stall_timeout: config.stall_timeout,
+        idle_timeout: config.idle_timeout,
+        max_buffered_bytes: config.max_buffered_bytes_per_connection,
+        server_buffered: ByteBudget::server(config.max_buffered_bytes),
+    };
     log_startup(&listeners, &config, &web);
 
     // Every connection watches this; a value sent means "drain": GOAWAY, finish, close.
     let (drain, draining) = watch::channel(());
     let mut connections = JoinSet::new();
-    let mut incoming = select_all(listeners.sockets.into_iter().map(TcpListenerStream::new));
+    let mut acceptor = Acceptor::new(listeners.sockets, config.max_connections);
     let mut shutdown = pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, slot) = tokio::select! {
             () = &mut shutdown => break,
             // A finished task keeps its memory until it is joined: reap each as it ends.
             Some(finished) = connections.join_next(), if !connections.is_empty() => {
@@ -280,32 +327,17 @@ pub async fn run(
                 }
                 continue;
             }
-            accepted = incoming.next() => match accepted {
-                Some(Ok(stream)) => stream,
-                Some(Err(error)) => {
-                    warn!("accepting a connection failed: {error}");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-                None => break,
-            },
+            accepted = acceptor.accept() => accepted,
         };
         // Replies are small and written whole: Nagle's algorithm would only delay them.
         let _ = stream.set_nodelay(true);
-        let cancels = Arc::new(CancelBudget::default());
-        let service = Front::new(
-            native.clone().with_cancel_budget(cancels.clone()),
-            grpc_web
-                .as_ref()
-                .map(|web| web.clone().with_cancel_budget(cancels.clone())),
-            &web,
-        );
-        connections.spawn(connection.clone().serve(
-            stream,
-            TowerToHyperService::new(service),
-            cancels,
-            draining.clone(),
-        ));
+        let serving = connection
+            .clone()
+            .serve(stream, fronts.clone(), draining.clone());
+        connections.spawn(async move {
+            serving.await;
+            drop(slot);
+        });
     }
 
     health
@@ -314,7 +346,7 @@ pub async fn run(
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
-    drop(incoming);
+    drop(acceptor);
     info!(
         calls = in_flight.count(),
         "shutting down: stopped listening, waiting up to {:?} for calls in progress",
@@ -353,46 +385,34 @@ pub async fn routes(config: &ServerConfig) -> Result<(HealthReporter, Routes), S
     Ok((health, routes))
 }
 
-/// The HTTP service every connection is served by: the per-call middleware (`calls`), the fast
-/// path, then `routes`. Generic over the request body, so it can be driven without a socket,
-/// as the fuzz targets do.
-pub fn http_service<B>(
-    routes: Routes,
-    calls: CallsLayer,
-    config: &ServerConfig,
-) -> Calls<
-    impl Service<
-        http::Request<Counted<B>>,
-        Response = http::Response<Body>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Clone
-    + Send
-    + 'static,
->
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-    B::Error: Into<tonic::codegen::StdError>,
-{
-    ServiceBuilder::new()
-        .layer(calls)
-        .layer_fn(|routes| {
-            FastPath::new(routes, !config.auth.is_enabled(), config.max_message_bytes)
-        })
-        .map_request(|request: http::Request<Counted<B>>| request.map(Body::new))
-        .service(routes)
+/// What every call goes through: the per-call middleware, the fast path, then tonic's router.
+pub type CallStack = Calls<FastPath<Routes>>;
+
+/// The call stack over `routes`. It takes requests with any body, so it can be driven without
+/// a socket, as the fuzz targets do.
+pub fn http_service(routes: Routes, calls: CallsLayer, config: &ServerConfig) -> CallStack {
+    calls.layer(FastPath::new(
+        routes,
+        !config.auth.is_enabled(),
+        config.max_message_bytes,
+    ))
 }
 
 /// Binds the metrics endpoint and serves it in the background.
 async fn serve_metrics(
     addr: SocketAddr,
+    head_timeout: Duration,
 ) -> Result<(GrpcMetrics, tokio::task::JoinHandle<()>), ServeError> {
     let error = |source| ServeError::Metrics { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(error)?;
     let local = listener.local_addr().map_err(error)?;
     let metrics = GrpcMetrics::new();
     info!("serving Prometheus metrics on http://{local}/metrics");
-    let endpoint = tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    let endpoint = tokio::spawn(crate::metrics::serve(
+        listener,
+        metrics.clone(),
+        head_timeout,
+    ));
     Ok((metrics, endpoint))
 }
 
@@ -400,13 +420,16 @@ async fn serve_metrics(
 fn format_data(
     config: &ServerConfig,
 ) -> InterceptedService<FormatDataServer<FormatDataService>, RequireBearer> {
-    let server = FormatDataServer::new(FormatDataService)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .send_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Zstd);
+    // No encoding limit here: the service holds replies to the limit before compression
+    // (`service::format`), as the fast path does.
+    let server = FormatDataServer::new(FormatDataService {
+        max_message_bytes: config.max_message_bytes,
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .accept_compressed(CompressionEncoding::Gzip)
+    .accept_compressed(CompressionEncoding::Zstd)
+    .send_compressed(CompressionEncoding::Gzip)
+    .send_compressed(CompressionEncoding::Zstd);
     InterceptedService::new(server, config.auth.clone())
 }
 
@@ -451,6 +474,7 @@ fn log_startup(listeners: &Listeners, config: &ServerConfig, web: &WebSettings) 
         },
         max_message_bytes = config.max_message_bytes,
         max_concurrent_streams = config.max_concurrent_streams,
+        max_connections = config.max_connections,
         keepalive_secs = config.keepalive.map_or(0, |interval| interval.as_secs()),
         grpc_web = web.grpc_web,
         "serving example.FormatData on {}",

@@ -4,15 +4,20 @@
 use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
+use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::pb::Data;
 use crate::pb::format_data_server::FormatData;
 use crate::uppercase::uppercase;
 
-/// Implements `example.FormatData`. Stateless, so one instance serves every connection.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FormatDataService;
+/// Implements `example.FormatData`. Holds only its limit, so one instance serves every
+/// connection.
+#[derive(Debug, Clone, Copy)]
+pub struct FormatDataService {
+    /// `--max-message-bytes`: the largest reply, uncompressed.
+    pub max_message_bytes: usize,
+}
 
 /// The replies of `DoFormatStream`, produced lazily from the requests.
 pub type FormattedStream = Pin<Box<dyn Stream<Item = Result<Data, Status>> + Send>>;
@@ -20,7 +25,7 @@ pub type FormattedStream = Pin<Box<dyn Stream<Item = Result<Data, Status>> + Sen
 #[tonic::async_trait]
 impl FormatData for FormatDataService {
     async fn do_format(&self, request: Request<Data>) -> Result<Response<Data>, Status> {
-        Ok(Response::new(format(request.into_inner())))
+        format(request.into_inner(), self.max_message_bytes).map(Response::new)
     }
 
     type DoFormatStreamStream = FormattedStream;
@@ -33,14 +38,28 @@ impl FormatData for FormatDataService {
         // before it has been taken by the HTTP/2 layer, so a slow reader slows the writer
         // (HTTP/2 flow control end to end) and a stream of any length uses bounded memory.
         // A request that fails to decode ends the stream with its status.
-        let replies = request.into_inner().map(|message| message.map(format));
+        let limit = self.max_message_bytes;
+        let replies = request
+            .into_inner()
+            .map(move |message| format(message?, limit));
         Ok(Response::new(Box::pin(replies)))
     }
 }
 
 /// What `DoFormat` does to one message; shared with [`crate::fast_path`].
-pub(crate) fn format(Data { text }: Data) -> Data {
-    Data {
+///
+/// The reply is held to the size limit uncompressed, as the request is, on every path: tonic
+/// would check the reply after compressing it, so a reply over the limit would pass or fail
+/// depending on whether the client accepts compression.
+pub(crate) fn format(Data { text }: Data, limit: usize) -> Result<Data, Status> {
+    let reply = Data {
         text: uppercase(text),
+    };
+    let length = reply.encoded_len();
+    if length > limit {
+        return Err(Status::resource_exhausted(format!(
+            "reply message of {length} bytes is over the {limit}-byte limit"
+        )));
     }
+    Ok(reply)
 }

@@ -3,7 +3,8 @@
 //! `--cors-origin` names, and the playground page, built into the binary, is served at `/`.
 //!
 //! [`Front`] sends each request where it belongs, so native gRPC calls, the hot path, never pass
-//! through the gRPC-Web or CORS layers.
+//! through the gRPC-Web or CORS layers; on a loopback-only server it first refuses any request
+//! that names another host.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,13 +13,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use tonic::Status;
 use tonic::body::Body;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
+
+use crate::connection::ConnectionState;
+use crate::middleware::{ClientGone, is_grpc, status_response};
+use crate::server::CallStack;
 
 /// How long a browser may cache a CORS preflight answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
@@ -61,32 +68,68 @@ pub struct WebSettings {
     pub loopback_only: bool,
 }
 
-/// The service stacks a connection is served with, and how to pick one per request.
+/// What every connection is served with: the call stack (middleware, fast path, tonic's router)
+/// for native gRPC and, when gRPC-Web is on, for gRPC-Web behind its translation and CORS.
+/// Makes each connection's [`Front`], bound to that connection's state.
 #[derive(Clone)]
-pub struct Front<N, W> {
-    /// Native gRPC: the middleware, fast path and router.
-    native: N,
-    /// gRPC-Web: CORS, then tonic-web's translation, then the same middleware and router.
-    /// Shared, because hyper clones the whole service for every request, and a CORS layer is
-    /// costly to clone (its header lists): native calls would pay for it (-4% of their rate).
-    web: Option<Arc<Cors<GrpcWebService<W>>>>,
-    /// Whether GET requests for the playground's files are answered.
+pub struct Fronts {
+    calls: CallStack,
+    /// Set when gRPC-Web is served; the CORS layer, built once from `--cors-origin`.
+    cors: Option<CorsLayer>,
     playground: bool,
-    /// Refuse browser requests whose `Host` is not a loopback name (see [`WebSettings`]).
     loopback_only: bool,
 }
 
-impl<N, W> Front<N, W> {
-    /// `native` for gRPC; `web`, when gRPC-Web is on, wrapped in the translation and CORS.
-    pub fn new(native: N, web: Option<W>, settings: &WebSettings) -> Self {
-        let cors = cors(&settings.cors_origins);
+impl Fronts {
+    pub fn new(calls: CallStack, settings: &WebSettings) -> Self {
         Self {
-            native,
-            web: web.map(|web| Arc::new(cors.layer(GrpcWebLayer::new().layer(web)))),
+            calls,
+            cors: settings.grpc_web.then(|| cors(&settings.cors_origins)),
             playground: settings.playground,
             loopback_only: settings.loopback_only,
         }
     }
+
+    /// For an HTTP/2 connection: native gRPC, and gRPC-Web when it is on.
+    pub fn http2(&self, state: &Arc<ConnectionState>) -> Front<CallStack> {
+        let calls = self.calls.clone().for_connection(state.clone());
+        self.front(calls.clone(), calls)
+    }
+
+    /// For an HTTP/1.1 connection (only made with gRPC-Web on): gRPC-Web and the page; native
+    /// gRPC needs HTTP/2.
+    pub fn http1(&self, state: &Arc<ConnectionState>) -> Front<NeedsHttp2> {
+        let calls = self.calls.clone().for_connection(state.clone());
+        self.front(NeedsHttp2, calls)
+    }
+
+    fn front<N>(&self, native: N, calls: CallStack) -> Front<N> {
+        Front {
+            native,
+            web: self
+                .cors
+                .as_ref()
+                .map(|cors| Arc::new(cors.layer(GrpcWebLayer::new().layer(calls)))),
+            playground: self.playground,
+            loopback_only: self.loopback_only,
+        }
+    }
+}
+
+/// One connection's service: picks, for each request, native gRPC (`N`), gRPC-Web, the page, or
+/// a refusal.
+#[derive(Clone)]
+pub struct Front<N> {
+    /// Native gRPC: the call stack on HTTP/2, a refusal on HTTP/1.1.
+    native: N,
+    /// gRPC-Web: CORS, then tonic-web's translation, then the same call stack. Shared, because
+    /// hyper clones the whole service for every request, and a CORS layer is costly to clone
+    /// (its header lists): native calls would pay for it (-4% of their rate).
+    web: Option<Arc<Cors<GrpcWebService<CallStack>>>>,
+    /// Whether GET requests for the playground's files are answered.
+    playground: bool,
+    /// Refuse requests whose host is not a loopback name (see [`WebSettings`]).
+    loopback_only: bool,
 }
 
 /// CORS for gRPC-Web: POST from the allowed origins, with the headers gRPC-Web clients send, and
@@ -120,13 +163,11 @@ type Answer = Result<Response<Body>, Infallible>;
 type FrontFuture<N> =
     Either<N, Either<Pin<Box<dyn Future<Output = Answer> + Send>>, Ready<Answer>>>;
 
-impl<N, W, B> Service<Request<B>> for Front<N, W>
+impl<N, B> Service<Request<B>> for Front<N>
 where
     N: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
-    Cors<GrpcWebService<W>>:
-        Service<Request<B>, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
-    <Cors<GrpcWebService<W>> as Service<Request<B>>>::Future: Send,
-    B: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<tonic::codegen::StdError> + std::fmt::Display,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -138,23 +179,65 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let answer = |response| Either::Right(Either::Right(ready(Ok(response))));
+        if self.loopback_only && !names_loopback(&request) {
+            return answer(foreign_host(&request));
+        }
         let Some(web) = &self.web else {
             return Either::Left(self.native.call(request));
         };
         let to_web = is_grpc_web(&request) || request.method() == Method::OPTIONS;
         let to_page = request.method() == Method::GET || request.method() == Method::HEAD;
-        if !to_web && !to_page {
-            return Either::Left(self.native.call(request));
-        }
-        let answer = |response| Either::Right(Either::Right(ready(Ok(response))));
-        if self.loopback_only && !names_loopback(&request) {
-            return answer(status(StatusCode::MISDIRECTED_REQUEST));
-        }
         if to_web {
             let web = Cors::clone(web);
+            let request = ClientGone::track(request);
             return Either::Right(Either::Left(Box::pin(web.oneshot(request))));
         }
-        answer(page(&request, self.playground))
+        if to_page {
+            return answer(page(&request, self.playground));
+        }
+        Either::Left(self.native.call(request))
+    }
+}
+
+/// The refusal of a request naming a host other than this loopback-only server's: a web page
+/// that pointed its own name at 127.0.0.1 ("DNS rebinding") must not reach the server, by any
+/// protocol. A native gRPC client gets a gRPC status it can show; everyone else HTTP 421.
+fn foreign_host<B>(request: &Request<B>) -> Response<Body> {
+    let host = request
+        .uri()
+        .host()
+        .or_else(|| request.headers().get(http::header::HOST)?.to_str().ok())
+        .unwrap_or("");
+    if request.version() == http::Version::HTTP_2 && is_grpc(request.headers()) {
+        return status_response(&Status::permission_denied(format!(
+            "this server listens on loopback only; calls must name localhost or a loopback \
+             address, not {host:?}"
+        )));
+    }
+    status(StatusCode::MISDIRECTED_REQUEST)
+}
+
+/// Native gRPC on an HTTP/1.1 connection: refused, as gRPC needs HTTP/2 (its trailers, its
+/// streams). Browsers use gRPC-Web, served on the same connection.
+#[derive(Debug, Clone, Copy)]
+pub struct NeedsHttp2;
+
+impl<B> Service<Request<B>> for NeedsHttp2 {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Answer>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        let mut response = status_response(&Status::invalid_argument(
+            "gRPC needs HTTP/2; over HTTP/1.1 this server speaks gRPC-Web only",
+        ));
+        *response.status_mut() = StatusCode::HTTP_VERSION_NOT_SUPPORTED;
+        ready(Ok(response))
     }
 }
 
@@ -180,9 +263,13 @@ fn names_loopback<B>(request: &Request<B>) -> bool {
 }
 
 fn is_loopback_host(host: &str) -> bool {
+    const SUBDOMAIN: &str = ".localhost";
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    let subdomain = host.len() > SUBDOMAIN.len()
+        && host.is_char_boundary(host.len() - SUBDOMAIN.len())
+        && host[host.len() - SUBDOMAIN.len()..].eq_ignore_ascii_case(SUBDOMAIN);
     host.eq_ignore_ascii_case("localhost")
-        || host.to_ascii_lowercase().ends_with(".localhost")
+        || subdomain
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())

@@ -62,7 +62,7 @@ impl Harness {
         let config = ServerConfig::from_args(&args).expect("valid configuration");
         let service = runtime.block_on(async {
             let (_health, routes) = server::routes(&config).await.expect("routes");
-            BoxCloneService::new(server::http_service::<Chunks>(
+            BoxCloneService::new(server::http_service(
                 routes,
                 CallsLayer::default(),
                 &config,

@@ -28,6 +28,10 @@ async fn serve(args: ServerArgs) -> ExitCode {
     let shutdown = shutdown::signal();
     let config = match ServerConfig::from_args(&args) {
         Ok(config) => config,
+        Err(err) if err.is_usage() => {
+            eprintln!("server: {err}");
+            return ExitCode::from(2);
+        }
         Err(err) => return fail(&err),
     };
     let listeners = match Listeners::bind(&args.addr).await {

@@ -72,7 +72,7 @@ pub fn try_start_call(
     path: &str,
     headers: &[(&'static str, &str)],
 ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
-    let mut request = http::Request::post(format!("http://formatdata{path}"))
+    let mut request = http::Request::post(format!("http://localhost{path}"))
         .body(())
         .unwrap();
     let defaults = [("content-type", "application/grpc"), ("te", "trailers")];

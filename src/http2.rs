@@ -1,0 +1,360 @@
+//! HTTP/2, served directly on the `h2` crate (the protocol engine hyper itself uses): the
+//! connection's settings and its loop, one task per stream, and the adapters between h2's
+//! streams and the `http_body` bodies the services speak.
+//!
+//! Why not hyper's HTTP/2 server: it can only close a connection with GOAWAY NO_ERROR, so an
+//! abuser is never told ENHANCE_YOUR_CALM; it hides whether a request body ended because the
+//! client reset its stream; and its per-stream glue is work a gRPC server does not need. The
+//! loop here is small: accept streams, answer keepalive pings, watch for drain, abuse and
+//! idleness; each stream runs the service and writes its reply as the peer's window allows.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::{Connection, SendResponse};
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tonic::body::Body;
+use tower::{Service, ServiceExt};
+use tracing::{debug, warn};
+
+use crate::connection::{ConnectionState, Idle};
+
+/// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
+/// has read. The protocol's default, as grpc-go uses.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// HTTP/2 flow-control window of a whole connection: the most a peer can make the server buffer
+/// in h2 itself, whatever it does with its streams. What the services read from there is
+/// counted against `--max-buffered-bytes-per-connection`.
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// h2's budget for the framing overhead of small DATA frames it holds unread (each frame below
+/// 256 bytes costs 256 minus its length): a peer sending one-byte frames must not make it keep
+/// a million frame headers. h2 derives it from the window by default (half of it), which would
+/// drop a grpcio client streaming tiny messages to a service reading them at the pace of its
+/// replies: 64 KiB of 25-byte messages costs about 0.6 M. 8 M leaves room for a dozen such
+/// streams on one connection, and caps what tiny frames can cost at about 3 MiB.
+const DATA_FRAME_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Largest request head (HPACK-decoded headers) a client may send; hyper's and grpc-go's default.
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// Longest a keepalive ping may go unanswered before the peer is considered dead (gRPC's
+/// default); shorter ping intervals use their own length, so a dead peer goes within two.
+const MAX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a connection closed for abuse may take to flush its GOAWAY before it is dropped.
+const ABUSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// How the server's HTTP/2 connections are set up.
+#[derive(Debug, Clone)]
+pub struct Http2Settings {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub max_concurrent_streams: u32,
+    /// Interval of keepalive pings; `None` turns them off.
+    pub keepalive: Option<Duration>,
+}
+
+impl Http2Settings {
+    fn builder(&self) -> h2::server::Builder {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .data_frame_budget(DATA_FRAME_BUDGET)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(self.max_concurrent_streams);
+        builder
+    }
+}
+
+/// Why a connection ended, when it was the server that ended it or the peer misbehaved.
+#[derive(Debug, thiserror::Error)]
+pub enum Http2Error {
+    #[error("no HTTP/2 preface before the handshake deadline")]
+    NoPreface,
+    #[error("keepalive ping unanswered")]
+    KeepaliveTimedOut,
+    #[error(transparent)]
+    Protocol(#[from] h2::Error),
+}
+
+/// Serves one HTTP/2 connection until it closes: each stream is handed to `service` in a task of
+/// its own. On `drain`, GOAWAY and let the calls finish; when the connection's client cancels
+/// calls by the thousand (the rapid-reset attack), GOAWAY ENHANCE_YOUR_CALM and close at once;
+/// when no call has made progress for the idle timeout, GOAWAY and close.
+pub async fn serve<I, S>(
+    io: I,
+    service: S,
+    settings: &Http2Settings,
+    state: &ConnectionState,
+    mut idle: Idle<'_>,
+    drain: &mut watch::Receiver<()>,
+    handshake_deadline: Instant,
+) -> Result<(), Http2Error>
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let handshake = settings.builder().handshake::<_, Bytes>(io);
+    let mut connection = tokio::time::timeout_at(handshake_deadline, handshake)
+        .await
+        .map_err(|_| Http2Error::NoPreface)??;
+    let mut keepalive = settings.keepalive.map(|interval| {
+        KeepAlive::new(connection.ping_pong().expect("taken once, here"), interval)
+    });
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(serve_stream(service.clone(), request, respond));
+                }
+                Some(Err(error)) => return Err(error.into()),
+                None => return Ok(()),
+            },
+            () = poll_fn(|cx| keepalive.as_mut().expect("guarded").poll_dead(cx)),
+                if keepalive.is_some() =>
+            {
+                return Err(Http2Error::KeepaliveTimedOut);
+            }
+            _ = drain.changed(), if !closing => {
+                closing = true;
+                connection.graceful_shutdown();
+            }
+            () = state.cancels.exhausted(), if !closing => {
+                warn!(
+                    peer = ?state.peer,
+                    "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client cancelled {}",
+                    crate::connection::CANCEL_BUDGET_DESCRIPTION
+                );
+                return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
+            }
+            () = poll_fn(|cx| idle.poll_idle(cx)), if !closing => {
+                debug!(peer = ?state.peer, "closing a connection on which no call made progress for {:?}", idle.timeout());
+                return close_now(connection, Reason::NO_ERROR).await;
+            }
+        }
+    }
+}
+
+/// Sends GOAWAY with `reason` and closes the connection once it is flushed (whatever its open
+/// streams), or after [`ABUSE_FLUSH`] if the peer does not read.
+async fn close_now<I>(
+    mut connection: Connection<I, Bytes>,
+    reason: Reason,
+) -> Result<(), Http2Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    connection.abrupt_shutdown(reason);
+    let flushed = async {
+        // h2 closes the connection after the GOAWAY is written; polling accept drives that.
+        while let Some(Ok(_)) = connection.accept().await {}
+    };
+    let _ = tokio::time::timeout(ABUSE_FLUSH, flushed).await;
+    Ok(())
+}
+
+/// Keepalive pings: one every `interval`, each answered within the timeout, or the peer is
+/// dead (a half-open TCP connection, a client behind a network that vanished).
+struct KeepAlive {
+    ping_pong: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    /// Until the next ping, or until the pong is due.
+    timer: Pin<Box<Sleep>>,
+    awaiting_pong: bool,
+}
+
+impl KeepAlive {
+    fn new(ping_pong: PingPong, interval: Duration) -> Self {
+        Self {
+            ping_pong,
+            interval,
+            timeout: interval.min(MAX_KEEPALIVE_TIMEOUT),
+            timer: Box::pin(tokio::time::sleep(interval)),
+            awaiting_pong: false,
+        }
+    }
+
+    /// Ready once a ping went unanswered for too long.
+    fn poll_dead(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.awaiting_pong {
+                match self.ping_pong.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        self.awaiting_pong = false;
+                        self.timer.as_mut().reset(Instant::now() + self.interval);
+                        continue;
+                    }
+                    // The connection failed: accept reports why.
+                    Poll::Ready(Err(_)) => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+                ready!(self.timer.as_mut().poll(cx));
+                return Poll::Ready(());
+            }
+            ready!(self.timer.as_mut().poll(cx));
+            if self.ping_pong.send_ping(Ping::opaque()).is_err() {
+                return Poll::Pending;
+            }
+            self.awaiting_pong = true;
+            self.timer.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+}
+
+/// One stream: the service's reply, written as the peer's flow-control window allows. A reset
+/// from the client at any point drops the call, which cancels it.
+async fn serve_stream<S>(service: S, request: Request<RecvStream>, mut respond: SendResponse<Bytes>)
+where
+    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>,
+{
+    let request = request.map(|recv| RequestBody {
+        recv,
+        data_done: false,
+    });
+    let mut call = pin!(service.oneshot(request));
+    // The call first: usually it finishes on its first poll (the request came in one read).
+    let replied = poll_fn(|cx| match call.as_mut().poll(cx) {
+        Poll::Ready(Ok(response)) => Poll::Ready(Some(response)),
+        Poll::Ready(Err(never)) => match never {},
+        Poll::Pending => respond.poll_reset(cx).map(|_| None),
+    })
+    .await;
+    let Some(response) = replied else {
+        return;
+    };
+    let (parts, body) = response.into_parts();
+    let end_of_stream = body.is_end_stream();
+    match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
+        Ok(send) if !end_of_stream => write_body(body, send).await,
+        Ok(_) => {}
+        Err(error) => debug!("cannot send a reply's headers: {error}"),
+    }
+}
+
+/// Writes `body` to the stream, each data frame in pieces the peer's window has room for, so h2
+/// buffers no more than the peer asked for; ends with the trailers, or with an empty frame
+/// closing the stream.
+async fn write_body(body: Body, mut send: SendStream<Bytes>) {
+    let mut body = pin!(body);
+    loop {
+        let frame = poll_fn(|cx| {
+            if send.poll_reset(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            body.as_mut().poll_frame(cx).map(Some)
+        })
+        .await;
+        let frame = match frame {
+            // The client reset the stream: dropping the body ends the call.
+            None => return,
+            Some(None) => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Some(Err(status))) => {
+                debug!("a reply body failed: {status}");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return;
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = send.send_trailers(trailers);
+                }
+                return;
+            }
+        };
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = poll_fn(|cx| {
+                if send.poll_reset(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                match send.capacity() {
+                    0 => send.poll_capacity(cx).map(|capacity| capacity?.ok()),
+                    capacity => Poll::Ready(Some(capacity)),
+                }
+            })
+            .await;
+            let Some(granted) = granted.filter(|granted| *granted > 0) else {
+                return;
+            };
+            let piece = data.split_to(granted.min(data.len()));
+            let last = data.is_empty() && body.is_end_stream();
+            if send.send_data(piece, last).is_err() || last {
+                return;
+            }
+        }
+    }
+}
+
+/// A request body read from an h2 stream. Each chunk's flow-control window is given back as the
+/// chunk is handed over: what the service holds from there is its own to count.
+pub struct RequestBody {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        if !self.data_done {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                // Any reset, NO_ERROR included: a client that resets its request stream has
+                // abandoned the call.
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => self.data_done = true,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(error) => Poll::Ready(Some(Err(error))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("stream", &self.recv.stream_id())
+            .finish()
+    }
+}
