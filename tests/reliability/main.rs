@@ -1,8 +1,9 @@
 //! Reliability: the real binaries under faults, sustained load and hostile peers, on loopback.
 //!
 //! Apart from `tests/api` because these are heavy (whole cores for seconds, a one-minute soak)
-//! and timing-sensitive: each holds [`serial`] so they run one at a time, and the quick tests in
-//! `tests/api` never share the machine with them (cargo runs test binaries one after another).
+//! and timing-sensitive: each heavy one holds [`serial`] so they run one at a time, and the quick
+//! tests in `tests/api` never share the machine with them (cargo runs test binaries one after
+//! another). Light ones, which mostly wait on the server's timers, run beside them.
 
 #[path = "../api/helpers.rs"]
 #[allow(dead_code)] // shared with tests/api, which uses more of it
@@ -11,6 +12,7 @@ mod helpers;
 #[allow(dead_code)]
 mod raw;
 
+mod attacks;
 mod failover;
 mod hostile;
 mod load;
@@ -18,6 +20,10 @@ mod stream_restart;
 
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 /// Held by each test for its whole run: one heavy test at a time.
 pub fn serial() -> MutexGuard<'static, ()> {
@@ -82,4 +88,16 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// How long `stream` stays open, reading and dropping whatever the server sends; `None` if it is
+/// still open after `limit`. A reset counts as closed.
+pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let opened = Instant::now();
+    let mut buffer = [0; 4096];
+    let closed = async { while stream.read(&mut buffer).await.is_ok_and(|read| read > 0) {} };
+    tokio::time::timeout(limit, closed)
+        .await
+        .ok()
+        .map(|()| opened.elapsed())
 }
