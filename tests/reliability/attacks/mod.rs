@@ -8,6 +8,7 @@
 //! a server that does not know one yet ignores it and faces the attack as it is, so the test fails
 //! on what the server does, not on an unknown flag.
 
+mod rebinding;
 mod stalls;
 
 use std::net::SocketAddr;
@@ -22,6 +23,15 @@ const MAX_RSS_KIB: u64 = 64 * 1024;
 
 /// The header of a call to a server started with `FORMATDATA_AUTH_TOKEN`.
 const BEARER: (&str, &str) = ("authorization", "Bearer attack-test-token");
+
+/// Headers a raw call adds to (or puts in place of) the defaults.
+type Headers = &'static [(&'static str, &'static str)];
+
+/// What makes an HTTP/2 call gRPC-Web rather than native gRPC.
+const GRPC_WEB: Headers = &[
+    ("content-type", "application/grpc-web+proto"),
+    ("x-grpc-web", "1"),
+];
 
 /// A normal DoFormat call through the generated client, as any tonic user makes it, on a new
 /// connection, bounded by `limit`.
