@@ -9,6 +9,7 @@
 //! on what the server does, not on an unknown flag.
 
 mod rebinding;
+mod reply_limit;
 mod stalls;
 
 use std::net::SocketAddr;
