@@ -18,6 +18,7 @@ mod hostile;
 mod load;
 mod stream_restart;
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -88,6 +89,19 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The address of the server's `/metrics` endpoint (`--metrics-addr 127.0.0.1:0`), from the line
+/// it logs before it starts serving.
+pub fn metrics_addr(server: &mut helpers::ServerProcess) -> SocketAddr {
+    let lines = server.log_lines();
+    lines
+        .iter()
+        .find_map(|line| {
+            let (_, rest) = line.split_once("serving Prometheus metrics on http://")?;
+            rest.split_once("/metrics")?.0.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", lines.join("\n")))
 }
 
 /// How long `stream` stays open, reading and dropping whatever the server sends; `None` if it is

@@ -9,6 +9,7 @@
 //! on what the server does, not on an unknown flag.
 
 mod connections;
+mod metrics_port;
 mod rebinding;
 mod reply_limit;
 mod stalls;
