@@ -10,6 +10,7 @@
 
 mod connections;
 mod metrics_port;
+mod rapid_reset;
 mod rebinding;
 mod reply_limit;
 mod stalls;
@@ -24,7 +25,11 @@ use formatdata::pb::format_data_client::FormatDataClient;
 /// MiB, and no attack here may cost it more than a few times that.
 const MAX_RSS_KIB: u64 = 64 * 1024;
 
-/// The header of a call to a server started with `FORMATDATA_AUTH_TOKEN`.
+/// The token of servers started with `FORMATDATA_AUTH_TOKEN`, which puts every DoFormat call on
+/// tonic's path (the fast path leaves authentication to tonic's interceptor).
+const TOKEN: &str = "attack-test-token";
+
+/// The header that goes with [`TOKEN`].
 const BEARER: (&str, &str) = ("authorization", "Bearer attack-test-token");
 
 /// Headers a raw call adds to (or puts in place of) the defaults.
