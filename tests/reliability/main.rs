@@ -91,6 +91,20 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// CPU time the server has used so far, user and system, all its threads (Linux).
+pub fn cpu_time(server: &helpers::ServerProcess) -> Duration {
+    let pid = server.child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) is in parentheses and may hold spaces: count from its end.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("(comm)") + 2..]
+        .split(' ')
+        .collect();
+    // utime and stime, fields 14 and 15 of proc(5); `fields[0]` is field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // In USER_HZ, which Linux fixes at 100 for /proc on the architectures we run on.
+    Duration::from_millis(ticks * 10)
+}
+
 /// The address of the server's `/metrics` endpoint (`--metrics-addr 127.0.0.1:0`), from the line
 /// it logs before it starts serving.
 pub fn metrics_addr(server: &mut helpers::ServerProcess) -> SocketAddr {

@@ -9,6 +9,7 @@
 //! on what the server does, not on an unknown flag.
 
 mod connections;
+mod cpu;
 mod memory;
 mod metrics_port;
 mod rapid_reset;
