@@ -13,9 +13,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{ServerProcess, spawn_app_with, stderr, stdout};
+use crate::raw::http1;
 
 const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -155,18 +155,6 @@ fn the_playground_uppercases_what_is_typed_in_a_real_browser() {
         png.len()
     );
     eprintln!("playground screenshot: {}", screenshot.display());
-}
-
-/// One HTTP/1.1 request on a new connection; everything the server sent back, as text.
-async fn http1(addr: std::net::SocketAddr, request: &str, body: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response));
-    // A reset connection, or an HTTP/2 server's frames: whatever came, the caller looks at it.
-    let _ = read.await;
-    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// What a browser sends for the page at `/`.

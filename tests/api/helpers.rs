@@ -122,11 +122,15 @@ impl ServerProcess {
     /// Like [`Self::start`], with extra environment variables (none inherited: `FORMATDATA_*`
     /// and `RUST_LOG` from the test's own environment would change what is tested).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_server"))
-            .args(args)
-            .env_remove("FORMATDATA_ADDR")
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
+        let mut command = server_command(args);
+        command.envs(env.iter().copied());
+        Self::start_command(command)
+    }
+
+    /// Like [`Self::start`], for a server started as `command` says: from [`server_command`], or
+    /// through a program that sets something up and then runs it (so it keeps the same process).
+    pub fn start_command(mut command: Command) -> Self {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -184,9 +188,16 @@ impl ServerProcess {
     /// Everything it has logged so far (after it exited: everything).
     pub fn log_lines(&mut self) -> Vec<String> {
         if let Some(log) = &self.log {
-            // The forwarding thread may still be reading the last lines of an exited process.
-            while let Ok(line) = log.recv_timeout(Duration::from_millis(200)) {
+            // The forwarding thread may still be reading the last lines of an exited process. A
+            // server that logs without pause (a failing accept loop, say) must not keep the test
+            // here: what came within a second is what it has logged.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let mut wait = Duration::from_millis(200);
+            while let Ok(line) = log.recv_timeout(wait) {
                 self.seen.push(line);
+                wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200));
             }
         }
         self.seen.clone()
@@ -196,6 +207,19 @@ impl ServerProcess {
     pub fn addr(&self) -> String {
         self.addrs[0].to_string()
     }
+}
+
+/// The `server` binary with `args`, without the test's own `FORMATDATA_*` and `RUST_LOG`, which
+/// would change what is tested.
+pub fn server_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    command.args(args).env_remove("RUST_LOG");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FORMATDATA_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// `GET /metrics` over a plain HTTP/1.1 connection, as Prometheus scrapes; returns the body.

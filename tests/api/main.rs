@@ -16,6 +16,7 @@ mod health_reflection;
 mod helpers;
 mod metrics;
 mod python_interop;
+#[allow(dead_code)] // shared with tests/reliability, which uses more of it
 mod raw;
 mod server_lifecycle;
 mod shutdown;

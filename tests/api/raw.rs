@@ -1,14 +1,22 @@
-//! Raw HTTP/2 gRPC calls with the h2 crate: exact bytes and headers, no generated stub, so tests
-//! can send what a well-behaved client never would.
+//! Raw calls: HTTP/2 gRPC with the h2 crate, and HTTP/1.1 over a plain socket. Exact bytes and
+//! headers, no generated stub, so tests can send what a well-behaved client never would.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::SendStream;
 use h2::client::{ResponseFuture, SendRequest};
 use http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 use tonic::Code;
+
+/// The `:authority` of raw calls: a loopback name, because a server listening on loopback only
+/// refuses requests that name any other host (a page whose own name was pointed at 127.0.0.1,
+/// "DNS rebinding", must not reach it).
+pub const AUTHORITY: &str = "localhost";
 
 /// What came back: HTTP status, headers, body bytes and trailers.
 #[derive(Debug)]
@@ -50,10 +58,22 @@ impl RawReply {
 
 /// An HTTP/2 connection (prior knowledge, no TLS) to `addr`.
 pub async fn connect(addr: SocketAddr) -> SendRequest<Bytes> {
+    connect_with_task(addr).await.0
+}
+
+/// [`connect`], with the task that drives the connection: it ends when the connection does (its
+/// error says why: a GOAWAY's reason, say), and aborting it drops the socket mid-call, as a
+/// client that vanishes would.
+pub async fn connect_with_task(
+    addr: SocketAddr,
+) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
     let tcp = TcpStream::connect(addr).await.expect("connect");
+    // As real clients do: with Nagle's algorithm, a body that waits on flow control stalls
+    // 40 ms (the peer's delayed ACK) at every window.
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
     let (client, connection) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
-    tokio::spawn(connection);
-    client.ready().await.expect("connection ready")
+    let task = tokio::spawn(connection);
+    (client.ready().await.expect("connection ready"), task)
 }
 
 /// Sends the request headers of a gRPC call to `path`; `headers` override the defaults
@@ -72,7 +92,17 @@ pub fn try_start_call(
     path: &str,
     headers: &[(&'static str, &str)],
 ) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
-    let mut request = http::Request::post(format!("http://localhost{path}"))
+    try_start_call_at(client, AUTHORITY, path, headers)
+}
+
+/// [`try_start_call`] naming `authority` as the host called.
+pub fn try_start_call_at(
+    client: &mut SendRequest<Bytes>,
+    authority: &str,
+    path: &str,
+    headers: &[(&'static str, &str)],
+) -> Result<(ResponseFuture, SendStream<Bytes>), h2::Error> {
+    let mut request = http::Request::post(format!("http://{authority}{path}"))
         .body(())
         .unwrap();
     let defaults = [("content-type", "application/grpc"), ("te", "trailers")];
@@ -86,7 +116,12 @@ pub fn try_start_call(
 
 /// Waits for the whole reply: headers, body and trailers.
 pub async fn read_reply(response: ResponseFuture) -> RawReply {
-    let (parts, mut body) = response.await.expect("reply headers").into_parts();
+    read_rest(response.await.expect("reply headers")).await
+}
+
+/// The rest of a reply whose headers have come (and whose body may have been read in part).
+pub async fn read_rest(response: http::Response<h2::RecvStream>) -> RawReply {
+    let (parts, mut body) = response.into_parts();
     let mut data = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.expect("reply body");
@@ -113,6 +148,56 @@ pub async fn call(
     let (response, mut send) = start_call(&mut client, path, headers);
     send.send_data(body, true).expect("send body");
     read_reply(response).await
+}
+
+/// Sends `body` in DATA frames of at most `frame_len` bytes, no faster than the server's flow
+/// control allows (h2 would otherwise queue the whole body in memory and cut it into frames of its
+/// own size); does not end the stream. Fails, saying why, once the stream can take no more (the
+/// server answered or reset it).
+pub async fn send_in_frames(
+    send: &mut SendStream<Bytes>,
+    mut body: Bytes,
+    frame_len: usize,
+) -> Result<(), String> {
+    while !body.is_empty() {
+        send.reserve_capacity(body.len());
+        let mut granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+            Some(Ok(granted)) => granted.min(body.len()),
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err("the stream was closed".into()),
+        };
+        while granted > 0 {
+            let piece = body.split_to(granted.min(frame_len));
+            granted -= piece.len();
+            send.send_data(piece, false)
+                .map_err(|error| error.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `request` (head and body, as they go on the wire) on a new connection, then reads until
+/// the server closes it or `limit` passes. Returns what came back, and whether it was closed.
+pub async fn http1_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut response = Vec::new();
+    let exchange = async {
+        // A server that answers before reading everything may close its end first: what it
+        // sent is still there to read.
+        let _ = stream.write_all(request).await;
+        // A reset connection ends the exchange as surely as a close.
+        let _ = stream.read_to_end(&mut response).await;
+    };
+    let closed = tokio::time::timeout(limit, exchange).await.is_ok();
+    (response, closed)
+}
+
+/// One HTTP/1.1 request on a new connection; everything the server sent back, as text.
+pub async fn http1(addr: SocketAddr, request: &str, body: &[u8]) -> String {
+    let wire = [request.as_bytes(), body].concat();
+    let (response, _) = http1_exchange(addr, &wire, Duration::from_secs(5)).await;
+    // An HTTP/2 server's frames, say: whatever came, the caller looks at it.
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 /// A gRPC length-prefixed message: compression flag, big-endian length, bytes.

@@ -43,7 +43,7 @@ async fn rapid_reset(addr: SocketAddr) -> Flood {
             Ok(ready) => ready,
             Err(_) => break,
         };
-        let request = http::Request::post(format!("http://localhost{}", raw::DO_FORMAT))
+        let request = http::Request::post(format!("http://{}{}", raw::AUTHORITY, raw::DO_FORMAT))
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
