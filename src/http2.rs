@@ -33,17 +33,20 @@ use crate::connection::{ConnectionState, Idle};
 const STREAM_WINDOW: u32 = 64 * 1024;
 
 /// HTTP/2 flow-control window of a whole connection: the most a peer can make the server buffer
-/// in h2 itself, whatever it does with its streams. What the services read from there is
-/// counted against `--max-buffered-bytes-per-connection`.
-const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// in h2 itself, whatever it does with its streams (what the services read from there counts
+/// against `--max-buffered-bytes-per-connection`). Eight streams' worth: calls of a few KiB
+/// never notice it, and a server with thousands of connections cannot be made to hold more
+/// than half a MiB of unread data for each.
+const CONNECTION_WINDOW: u32 = 512 * 1024;
 
 /// h2's budget for the framing overhead of small DATA frames it holds unread (each frame below
-/// 256 bytes costs 256 minus its length): a peer sending one-byte frames must not make it keep
-/// a million frame headers. h2 derives it from the window by default (half of it), which would
-/// drop a grpcio client streaming tiny messages to a service reading them at the pace of its
-/// replies: 64 KiB of 25-byte messages costs about 0.6 M. 8 M leaves room for a dozen such
-/// streams on one connection, and caps what tiny frames can cost at about 3 MiB.
-const DATA_FRAME_BUDGET: usize = 8 * 1024 * 1024;
+/// 256 bytes costs 256 minus its length, and about as many bytes of memory in h2's queues): a
+/// peer sending one-byte frames must not make it keep a million of them. h2 derives it from
+/// the window by default (half of it), which would drop a grpcio client streaming tiny messages
+/// to a service reading them at the pace of its replies: 64 KiB of 25-byte messages costs about
+/// 0.6 M. 2 M leaves room for three such streams on one connection, and caps what tiny frames
+/// can cost a connection at about 2 MiB.
+const DATA_FRAME_BUDGET: usize = 2 * 1024 * 1024;
 
 /// Largest request head (HPACK-decoded headers) a client may send; hyper's and grpc-go's default.
 const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;

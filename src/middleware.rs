@@ -110,7 +110,14 @@ where
             connection.progressed();
         }
         let one_message = takes_one_request(request.uri().path());
-        let gone = request.extensions().get::<ClientGone>().cloned();
+        // Shared by the request body, which sees the client go, and the call's log, which must
+        // say so whatever status the handler made of it (tonic takes a cancelled request body
+        // for a missing message).
+        let gone = request
+            .extensions()
+            .get::<ClientGone>()
+            .cloned()
+            .unwrap_or_default();
         let request = request.map(|body| Counted {
             inner: body,
             messages: MessageCounter::default(),
@@ -119,7 +126,7 @@ where
             ended: false,
             connection: self.connection.clone(),
             held: 0,
-            gone,
+            gone: gone.clone(),
             stall: self.stall_timeout.map(|timeout| Stall {
                 timeout,
                 timer: None,
@@ -131,6 +138,7 @@ where
             self.in_flight.clone(),
             metrics,
             self.connection.clone(),
+            gone,
         );
 
         if !is_grpc(request.headers()) {
@@ -205,6 +213,8 @@ struct CallLog {
     connection: Option<Arc<ConnectionState>>,
     /// Reply bytes handed to the connection and not yet taken by it, held in its budget.
     reply_held: usize,
+    /// Raised if the client reset the call or dropped its connection.
+    gone: ClientGone,
 }
 
 impl CallLog {
@@ -213,6 +223,7 @@ impl CallLog {
         in_flight: Arc<InFlight>,
         metrics: Option<CallMetrics>,
         connection: Option<Arc<ConnectionState>>,
+        gone: ClientGone,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -227,6 +238,7 @@ impl CallLog {
             sent: MessageCounter::default(),
             connection,
             reply_held: 0,
+            gone,
         }
     }
 
@@ -264,6 +276,15 @@ impl CallLog {
 
     fn finish(mut self, status: &Status) {
         self.finished = true;
+        // Whatever the handler made of a body that broke off, the client cancelled the call.
+        let gone;
+        let status = match self.gone.is_set() {
+            true => {
+                gone = client_went_away();
+                &gone
+            }
+            false => status,
+        };
         if let Some(metrics) = &self.metrics {
             metrics.finish(status.code(), self.started.elapsed().as_secs_f64());
         }
@@ -441,8 +462,9 @@ pin_project_lite::pin_project! {
         connection: Option<Arc<ConnectionState>>,
         // Bytes held in the connection's budget.
         held: usize,
-        // Set by the gRPC-Web path, where tonic-web hides why the body failed.
-        gone: Option<ClientGone>,
+        // Raised when the client goes; already raised on the gRPC-Web path, where tonic-web
+        // hides why the body failed.
+        gone: ClientGone,
         stall: Option<Stall>,
     }
 
@@ -527,12 +549,11 @@ where
             Poll::Ready(Some(Err(error))) => {
                 *this.ended = true;
                 let error = error.into();
-                let gone = this.gone.as_ref().is_some_and(ClientGone::is_set);
-                return Poll::Ready(Some(Err(if gone || is_transport_error(&*error) {
-                    client_went_away()
-                } else {
-                    Status::from_error(error)
-                })));
+                if this.gone.is_set() || is_transport_error(&*error) {
+                    this.gone.set();
+                    return Poll::Ready(Some(Err(client_went_away())));
+                }
+                return Poll::Ready(Some(Err(Status::from_error(error))));
             }
             Poll::Ready(None) => {
                 *this.ended = true;
@@ -617,6 +638,10 @@ impl ClientGone {
     fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -645,7 +670,7 @@ where
             Some(Err(error)) => {
                 let error = error.into();
                 if is_transport_error(&*error) {
-                    this.gone.0.store(true, Ordering::Relaxed);
+                    this.gone.set();
                 }
                 Poll::Ready(Some(Err(error)))
             }
