@@ -11,6 +11,7 @@ mod helpers;
 #[allow(dead_code)]
 mod raw;
 
+mod client_defences;
 mod failover;
 mod hostile;
 mod load;

@@ -1,0 +1,139 @@
+//! Defences on the client's side of the wire, and of the token both binaries share: an auth
+//! token that would fail open.
+//!
+//! Each test runs the real binaries over loopback.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::forward_lines;
+
+/// A process that ran to its end (or was killed at a deadline), with what it wrote.
+#[derive(Debug)]
+struct Ran {
+    /// `None` when it was still running at the deadline and had to be killed.
+    status: Option<ExitStatus>,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Ran {
+    /// Asserts the way every run-time or usage failure must end: exit status `code`, exactly
+    /// one line on stderr, no panic or backtrace.
+    fn assert_fails_with_one_line(&self, code: i32) {
+        let Self { status, stderr, .. } = self;
+        assert_eq!(
+            status.and_then(|status| status.code()),
+            Some(code),
+            "{status:?} after {:?}, stderr: {stderr}",
+            self.elapsed
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        for noise in ["panicked", "backtrace", "RUST_BACKTRACE"] {
+            assert!(!stderr.contains(noise), "{stderr}");
+        }
+    }
+}
+
+/// Runs `command` to its end, killing it after `limit`.
+fn run_bounded(mut command: Command, limit: Duration) -> Ran {
+    let started = Instant::now();
+    let mut child = command
+        .env_remove("FORMATDATA_ADDR")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = forward_lines(child.stderr.take().unwrap());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ran {
+        status,
+        stderr: stderr.iter().map(|line| format!("{line}\n")).collect(),
+        elapsed: started.elapsed(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Item 8: the auth token.
+
+/// Values of FORMATDATA_AUTH_TOKEN that must stop either binary at startup, each with what it
+/// is. The ones that contain the token must not have it echoed.
+fn bad_tokens() -> Vec<(&'static str, &'static OsStr)> {
+    vec![
+        ("empty", OsStr::new("")),
+        ("not UTF-8", OsStr::from_bytes(b"s3cr\xffet")),
+        ("a trailing newline", OsStr::new("s3cret\n")),
+        ("a newline inside", OsStr::new("s3c\nret")),
+        ("a control character", OsStr::new("s3c\x01ret")),
+        ("a space", OsStr::new("s3c ret")),
+        ("a tab", OsStr::new("s3c\tret")),
+        ("non-ASCII", OsStr::new("s3crét")),
+        ("DEL", OsStr::new("s3cret\x7f")),
+    ]
+}
+
+fn assert_refuses_bad_tokens(binary: &str, args: &[&str]) {
+    for (what, token) in bad_tokens() {
+        let mut command = Command::new(binary);
+        command.args(args).env("FORMATDATA_AUTH_TOKEN", token);
+        let ran = run_bounded(command, Duration::from_secs(10));
+
+        let context = format!("{binary} with a token that is {what}");
+        assert_eq!(
+            ran.status.and_then(|status| status.code()),
+            Some(2),
+            "{context}: {:?}, stderr: {}",
+            ran.status,
+            ran.stderr
+        );
+        ran.assert_fails_with_one_line(2);
+        assert!(
+            ran.stderr.starts_with("error: ") && ran.stderr.contains("FORMATDATA_AUTH_TOKEN"),
+            "{context}: {}",
+            ran.stderr
+        );
+        for piece in ["s3c", "ret"] {
+            assert!(!ran.stderr.contains(piece), "{context}: {}", ran.stderr);
+        }
+    }
+}
+
+#[test]
+fn a_bad_auth_token_stops_the_server_at_startup() {
+    assert_refuses_bad_tokens(env!("CARGO_BIN_EXE_server"), &["--addr", "127.0.0.1:0"]);
+}
+
+#[test]
+fn a_bad_auth_token_stops_the_client_before_it_sends_anything() {
+    // Something listening, to see that nothing connects: a client that took an empty token
+    // for "no token" would call it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+
+    assert_refuses_bad_tokens(
+        env!("CARGO_BIN_EXE_client"),
+        &["--addr", &addr, "--timeout", "1", "--retries", "0"],
+    );
+    let accepted = listener.accept();
+    assert!(
+        accepted
+            .as_ref()
+            .is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock),
+        "the client connected: {accepted:?}"
+    );
+}
