@@ -1,14 +1,21 @@
 //! Defences on the client's side of the wire, and of the token both binaries share: an auth
-//! token that would fail open.
+//! token that would fail open, and the Bearer scheme in any case.
 //!
 //! Each test runs the real binaries over loopback.
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::forward_lines;
+use tonic::Code;
+
+use crate::helpers::{ServerProcess, forward_lines};
+use crate::raw;
+
+/// The token the tests' servers require.
+const TOKEN: &str = "s3cret";
 
 /// A process that ran to its end (or was killed at a deadline), with what it wrote.
 #[derive(Debug)]
@@ -136,4 +143,55 @@ fn a_bad_auth_token_stops_the_client_before_it_sends_anything() {
             .is_err_and(|error| error.kind() == std::io::ErrorKind::WouldBlock),
         "the client connected: {accepted:?}"
     );
+}
+
+#[test]
+fn the_bearer_scheme_is_accepted_in_any_case() {
+    let server = ServerProcess::start_with_env(
+        &["--addr", "127.0.0.1:0"],
+        &[("FORMATDATA_AUTH_TOKEN", TOKEN)],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let call = |authorization: &str| {
+        let authorization = authorization.to_owned();
+        runtime.block_on(call_with_authorization(server.addrs[0], authorization))
+    };
+
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let reply = call(&format!("{scheme} {TOKEN}"));
+        assert_eq!(reply.code(), Code::Ok, "{scheme}: {}", reply.message());
+        assert_eq!(reply.body, raw::frame(false, &raw::data_message(b"HI")));
+    }
+    for wrong in [
+        "bearer s3cre",
+        "bearer S3CRET",
+        "Basic s3cret",
+        "bearers3cret",
+        "s3cret",
+    ] {
+        let reply = call(wrong);
+        assert_eq!(reply.code(), Code::Unauthenticated, "{wrong}");
+    }
+}
+
+/// A unary DoFormat of "hi" with this `authorization` header, named for `localhost` (the host a
+/// loopback-only server accepts).
+async fn call_with_authorization(addr: SocketAddr, authorization: String) -> raw::RawReply {
+    let mut client = raw::connect(addr).await;
+    let request = http::Request::post(format!(
+        "http://localhost:{}{}",
+        addr.port(),
+        raw::DO_FORMAT
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", authorization)
+    .body(())
+    .unwrap();
+    let (response, mut body) = client.send_request(request, false).expect("send request");
+    body.send_data(raw::frame(false, &raw::data_message(b"hi")), true)
+        .expect("send body");
+    tokio::time::timeout(Duration::from_secs(10), raw::read_reply(response))
+        .await
+        .expect("a reply within 10 s")
 }
