@@ -14,7 +14,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
-use tonic::{Code, Request, Status, TimeoutExpired};
+use tonic::{Code, Request, Response, Status, TimeoutExpired};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -193,7 +193,7 @@ impl Client {
             let request = self.request(Data {
                 text: text.to_owned(),
             });
-            async move { stub.do_format(request).await }
+            async move { stub.do_format(request).await.map(Response::into_inner) }
         })
         .await
     }
@@ -282,7 +282,7 @@ impl Client {
                 let request = self.request(HealthCheckRequest {
                     service: service.to_owned(),
                 });
-                async move { stub.check(request).await }
+                async move { stub.check(request).await.map(Response::into_inner) }
             })
             .await
             .map_err(|status| self.error(status))?;
@@ -292,19 +292,18 @@ impl Client {
     /// The names of the services the server offers, through gRPC reflection (v1).
     pub async fn list_services(&self) -> Result<Vec<String>, ClientError> {
         let stub = ServerReflectionClient::new(self.channel.clone());
-        let mut replies = self
+        let reply = self
             .with_retries(|| {
                 let mut stub = stub.clone();
                 let request = self.request(tokio_stream::once(ServerReflectionRequest {
                     host: String::new(),
                     message_request: Some(MessageRequest::ListServices(String::new())),
                 }));
-                async move { stub.server_reflection_info(request).await }
+                async move {
+                    let mut replies = stub.server_reflection_info(request).await?.into_inner();
+                    replies.message().await
+                }
             })
-            .await
-            .map_err(|status| self.error(status))?;
-        let reply = replies
-            .message()
             .await
             .map_err(|status| self.error(status))?
             .ok_or_else(|| ClientError::Reflection("no reply".into()))?;
@@ -345,7 +344,8 @@ impl Client {
     }
 
     /// Runs `call`, again after an UNAVAILABLE failure (a server down or restarting), up to
-    /// `retries` times, only for idempotent calls, which all of ours are.
+    /// `retries` times, only for idempotent calls, which all of ours are. Each attempt has
+    /// `--timeout` from connecting to the last byte of its reply.
     ///
     /// A call whose connection could not even be made sent nothing: it goes to the next server
     /// at once, once per server, without counting as a retry (gRPC's "transparent retry"), so
@@ -355,15 +355,22 @@ impl Client {
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let mut backoff = FIRST_BACKOFF;
         let (mut retries, mut failovers) = (0, 0);
         loop {
-            let status = match call().await {
-                Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if status.code() == Code::Unavailable => status,
-                Err(status) => return Err(status),
+            // The whole attempt, not only its start: tonic's channel enforces the deadline it
+            // sends (`grpc-timeout`) only until the reply's headers, so a server that sends them
+            // and then stalls held the call, and a `client health` exec probe, forever.
+            let status = match tokio::time::timeout(self.timeout, call()).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(status)) if status.code() == Code::Unavailable => status,
+                Ok(Err(status)) if is_local_deadline(&status) => {
+                    return Err(no_reply_within(self.timeout));
+                }
+                Ok(Err(status)) => return Err(status),
+                Err(_elapsed) => return Err(no_reply_within(self.timeout)),
             };
             let unreachable = unreachable(&status);
             let elsewhere = unreachable.is_some() && self.channel.any_up();
@@ -395,9 +402,6 @@ impl Client {
 
     /// The error to report for a failed call.
     pub(crate) fn error(&self, status: Status) -> ClientError {
-        if is_local_deadline(&status) {
-            return Status::deadline_exceeded(format!("no reply within {:?}", self.timeout)).into();
-        }
         // The balancer reports a connection that failed as UNAVAILABLE, naming the server: say
         // so in those words rather than as a status.
         if let Some(unreachable) = unreachable(&status) {
@@ -435,6 +439,11 @@ where
             return Ok(count);
         }
     }
+}
+
+/// The status of an attempt that ran out of time.
+pub(crate) fn no_reply_within(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("no reply within {timeout:?}"))
 }
 
 /// tonic's channel enforces `grpc-timeout` itself but reports it as CANCELLED "Timeout expired";

@@ -131,7 +131,8 @@ pub struct ClientArgs {
           value_delimiter = ',')]
     pub addr: Vec<Target>,
 
-    /// Seconds to wait for the connection, and then for the reply.
+    /// Seconds each attempt may take, from connecting to the last byte of the reply (not for
+    /// --stream, which may rightly run for hours).
     #[arg(long, global = true, env = "FORMATDATA_TIMEOUT", default_value = "10",
           value_parser = parse_positive_seconds)]
     pub timeout: Duration,

@@ -1,7 +1,9 @@
 //! Defences on the client's side of the wire, and of the token both binaries share: an auth
-//! token that would fail open, and the Bearer scheme in any case.
+//! token that would fail open, the Bearer scheme in any case, and a server that sends reply
+//! headers and then nothing.
 //!
-//! Each test runs the real binaries over loopback.
+//! Each test runs the real binaries over loopback; the misbehaving servers are written here with
+//! the `h2` crate's server API, as no well-behaved server would misbehave on cue.
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
 use crate::helpers::{ServerProcess, forward_lines};
@@ -22,6 +25,7 @@ const TOKEN: &str = "s3cret";
 struct Ran {
     /// `None` when it was still running at the deadline and had to be killed.
     status: Option<ExitStatus>,
+    stdout: String,
     stderr: String,
     elapsed: Duration,
 }
@@ -51,10 +55,11 @@ fn run_bounded(mut command: Command, limit: Duration) -> Ran {
         .env_remove("FORMATDATA_ADDR")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the binary");
+    let stdout = forward_lines(child.stdout.take().unwrap());
     let stderr = forward_lines(child.stderr.take().unwrap());
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -67,15 +72,30 @@ fn run_bounded(mut command: Command, limit: Duration) -> Ran {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    let elapsed = started.elapsed();
+    let lines = |receiver: std::sync::mpsc::Receiver<String>| {
+        receiver
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>()
+    };
     Ran {
         status,
-        stderr: stderr.iter().map(|line| format!("{line}\n")).collect(),
-        elapsed: started.elapsed(),
+        stdout: lines(stdout),
+        stderr: lines(stderr),
+        elapsed,
     }
 }
 
+/// The `client` binary with `args`.
+fn client(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_client"));
+    command.args(args);
+    command
+}
+
 // ---------------------------------------------------------------------------------------------
-// Item 8: the auth token.
+// Issue 10, item 8: the auth token.
 
 /// Values of FORMATDATA_AUTH_TOKEN that must stop either binary at startup, each with what it
 /// is. The ones that contain the token must not have it echoed.
@@ -194,4 +214,100 @@ async fn call_with_authorization(addr: SocketAddr, authorization: String) -> raw
     tokio::time::timeout(Duration::from_secs(10), raw::read_reply(response))
         .await
         .expect("a reply within 10 s")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 9: the client against servers that misbehave.
+
+/// How [`misbehaving_server`] answers every call.
+#[derive(Debug, Clone, Copy)]
+enum Misbehaviour {
+    /// Reply headers, then nothing; the connection still answers pings.
+    Stall,
+}
+
+/// A gRPC server on 127.0.0.1 that misbehaves as told. Keep the runtime: the server runs on it.
+fn misbehaving_server(misbehaviour: Misbehaviour) -> (tokio::runtime::Runtime, String) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    runtime.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(misbehave(tcp, misbehaviour));
+        }
+    });
+    (runtime, addr)
+}
+
+async fn misbehave(tcp: TcpStream, misbehaviour: Misbehaviour) {
+    let Ok(mut connection) = h2::server::handshake(tcp).await else {
+        return;
+    };
+    // Calls left hanging stay here: dropping their halves would reset them.
+    let mut hanging = Vec::new();
+    while let Some(Ok((request, mut respond))) = connection.accept().await {
+        let headers = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let Ok(reply) = respond.send_response(headers, false) else {
+            continue;
+        };
+        match misbehaviour {
+            Misbehaviour::Stall => hanging.push((request, reply)),
+        }
+    }
+}
+
+#[test]
+fn the_timeout_bounds_a_reply_that_never_comes() {
+    let (_runtime, addr) = misbehaving_server(Misbehaviour::Stall);
+
+    for (args, timeout) in [
+        (&["--timeout", "2", "--retries", "0", "hi"][..], "2s"),
+        (&["health", "--timeout", "1"], "1s"),
+        (&["list", "--timeout", "1"], "1s"),
+    ] {
+        let ran = run_bounded(
+            client(&[&["--addr", addr.as_str()][..], args].concat()),
+            Duration::from_secs(15),
+        );
+        ran.assert_fails_with_one_line(1);
+        assert_eq!(
+            ran.stderr,
+            format!("client: DEADLINE_EXCEEDED: no reply within {timeout}\n"),
+            "{args:?}"
+        );
+        assert!(ran.elapsed < Duration::from_secs(5), "{args:?}: {ran:?}");
+        assert_eq!(ran.stdout, "", "{args:?}");
+    }
+}
+
+#[test]
+fn bench_counts_a_reply_that_never_comes_as_deadline_exceeded() {
+    let (_runtime, addr) = misbehaving_server(Misbehaviour::Stall);
+
+    let ran = run_bounded(
+        client(&[
+            "bench",
+            "--json",
+            "--addr",
+            &addr,
+            "--requests",
+            "4",
+            "--concurrency",
+            "2",
+            "--timeout",
+            "1",
+        ]),
+        Duration::from_secs(15),
+    );
+
+    assert!(ran.status.is_some_and(|status| status.success()), "{ran:?}");
+    let report: serde_json::Value = serde_json::from_str(&ran.stdout).expect("one JSON report");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!({"DEADLINE_EXCEEDED": 4}),
+        "{report}"
+    );
 }
