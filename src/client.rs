@@ -34,6 +34,18 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How long a connection may hear nothing from its server before the client pings it, and how
+/// long that ping may then go unanswered before the connection counts as dead. A `--stream` has
+/// no deadline, and a server that vanished without closing (its host gone, a network partition,
+/// a frozen process) would otherwise hold it until TCP gives up, hours later; with these it
+/// fails within about 30 s. Idle connections are pinged too, so a call is not the first to find
+/// one dead. Not more often: gRPC Core and grpc-go servers may close a connection pinged much
+/// more often than every 5 minutes while it carries no call, as abusive (a grpcio 1.85 server
+/// kept a `--stream` open through 100 s of these pings without a message); ours does not
+/// police pings.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -131,7 +143,10 @@ impl Client {
             let uri = |addr: &HostPort| format!("{scheme}://{addr}");
             let mut endpoint = Endpoint::from_shared(uri(&address.connect))
                 .map_err(|err| err.to_string())?
-                .connect_timeout(timeout);
+                .connect_timeout(timeout)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             if address.name != address.connect {
                 // Reached by a resolved IP, known by its name: `:authority` carries the name.
                 let origin = uri(&address.name).parse().map_err(|err| format!("{err}"))?;

@@ -1,14 +1,17 @@
 //! Defences on the client's side of the wire, and of the token both binaries share: an auth
-//! token that would fail open, the Bearer scheme in any case, and a server that sends reply
-//! headers and then nothing.
+//! token that would fail open, the Bearer scheme in any case, a server that sends reply headers
+//! and then nothing, and one that stops answering pings.
 //!
 //! Each test runs the real binaries over loopback; the misbehaving servers are written here with
 //! the `h2` crate's server API, as no well-behaved server would misbehave on cue.
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -48,17 +51,27 @@ impl Ran {
     }
 }
 
-/// Runs `command` to its end, killing it after `limit`.
-fn run_bounded(mut command: Command, limit: Duration) -> Ran {
+/// Runs `command` with stdin from `input` (fed on a thread), killing it after `limit`.
+fn run_bounded(mut command: Command, input: Option<Input>, limit: Duration) -> Ran {
     let started = Instant::now();
     let mut child = command
         .env_remove("FORMATDATA_ADDR")
         .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the binary");
+    let exited = Arc::new(AtomicBool::new(false));
+    let feeding = input.map(|input| {
+        let stdin = child.stdin.take().unwrap();
+        let exited = exited.clone();
+        std::thread::spawn(move || input.feed(stdin, &exited))
+    });
     let stdout = forward_lines(child.stdout.take().unwrap());
     let stderr = forward_lines(child.stderr.take().unwrap());
     let status = loop {
@@ -73,6 +86,10 @@ fn run_bounded(mut command: Command, limit: Duration) -> Ran {
         std::thread::sleep(Duration::from_millis(5));
     };
     let elapsed = started.elapsed();
+    exited.store(true, Ordering::Relaxed);
+    if let Some(feeding) = feeding {
+        feeding.join().unwrap();
+    }
     let lines = |receiver: std::sync::mpsc::Receiver<String>| {
         receiver
             .iter()
@@ -84,6 +101,27 @@ fn run_bounded(mut command: Command, limit: Duration) -> Ran {
         stdout: lines(stdout),
         stderr: lines(stderr),
         elapsed,
+    }
+}
+
+/// What a process gets on stdin.
+enum Input {
+    /// These bytes, then stdin stays open for as long as the process runs.
+    BytesThenOpen(&'static [u8]),
+}
+
+impl Input {
+    /// Writes the input; `exited` is set once the process is gone.
+    fn feed(self, mut stdin: std::process::ChildStdin, exited: &AtomicBool) {
+        match self {
+            Self::BytesThenOpen(bytes) => {
+                let _ = stdin.write_all(bytes);
+                let _ = stdin.flush();
+                while !exited.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
 
@@ -117,7 +155,7 @@ fn assert_refuses_bad_tokens(binary: &str, args: &[&str]) {
     for (what, token) in bad_tokens() {
         let mut command = Command::new(binary);
         command.args(args).env("FORMATDATA_AUTH_TOKEN", token);
-        let ran = run_bounded(command, Duration::from_secs(10));
+        let ran = run_bounded(command, None, Duration::from_secs(10));
 
         let context = format!("{binary} with a token that is {what}");
         assert_eq!(
@@ -224,6 +262,9 @@ async fn call_with_authorization(addr: SocketAddr, authorization: String) -> raw
 enum Misbehaviour {
     /// Reply headers, then nothing; the connection still answers pings.
     Stall,
+    /// Reply headers, then the connection is never polled again: the socket stays open but
+    /// pings go unanswered, as with a peer that froze or a path that silently broke.
+    Freeze,
 }
 
 /// A gRPC server on 127.0.0.1 that misbehaves as told. Keep the runtime: the server runs on it.
@@ -255,6 +296,12 @@ async fn misbehave(tcp: TcpStream, misbehaviour: Misbehaviour) {
         };
         match misbehaviour {
             Misbehaviour::Stall => hanging.push((request, reply)),
+            Misbehaviour::Freeze => {
+                // Polled a moment more, so the reply headers go out; then never again.
+                let _ = tokio::time::timeout(Duration::from_millis(300), connection.accept()).await;
+                let _frozen = (connection, request, reply, hanging);
+                return std::future::pending().await;
+            }
         }
     }
 }
@@ -270,6 +317,7 @@ fn the_timeout_bounds_a_reply_that_never_comes() {
     ] {
         let ran = run_bounded(
             client(&[&["--addr", addr.as_str()][..], args].concat()),
+            None,
             Duration::from_secs(15),
         );
         ran.assert_fails_with_one_line(1);
@@ -300,6 +348,7 @@ fn bench_counts_a_reply_that_never_comes_as_deadline_exceeded() {
             "--timeout",
             "1",
         ]),
+        None,
         Duration::from_secs(15),
     );
 
@@ -310,4 +359,26 @@ fn bench_counts_a_reply_that_never_comes_as_deadline_exceeded() {
         serde_json::json!({"DEADLINE_EXCEEDED": 4}),
         "{report}"
     );
+}
+
+#[test]
+fn a_stream_notices_a_server_that_stops_answering_pings() {
+    let (_runtime, addr) = misbehaving_server(Misbehaviour::Freeze);
+
+    let ran = run_bounded(
+        client(&["--addr", &addr, "--stream"]),
+        Some(Input::BytesThenOpen(b"hi\n")),
+        Duration::from_secs(50),
+    );
+
+    ran.assert_fails_with_one_line(1);
+    // Noticed by the keepalive ping going unanswered, at about 30 s.
+    assert!(
+        ran.stderr
+            .starts_with(&format!("client: lost the connection to {addr}: ")),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.elapsed > Duration::from_secs(25), "{ran:?}");
+    assert_eq!(ran.stdout, "");
 }
