@@ -1,6 +1,6 @@
 //! Defences on the client's side of the wire, and of the token both binaries share: an auth
 //! token that would fail open, the Bearer scheme in any case, a server that sends reply headers
-//! and then nothing, and one that stops answering pings.
+//! and then nothing, one that stops answering pings, and one whose reply does not decode.
 //!
 //! Each test runs the real binaries over loopback; the misbehaving servers are written here with
 //! the `h2` crate's server API, as no well-behaved server would misbehave on cue.
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use http::HeaderMap;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
@@ -106,6 +107,8 @@ fn run_bounded(mut command: Command, input: Option<Input>, limit: Duration) -> R
 
 /// What a process gets on stdin.
 enum Input {
+    /// These bytes, then end of input.
+    Bytes(&'static [u8]),
     /// These bytes, then stdin stays open for as long as the process runs.
     BytesThenOpen(&'static [u8]),
 }
@@ -114,6 +117,9 @@ impl Input {
     /// Writes the input; `exited` is set once the process is gone.
     fn feed(self, mut stdin: std::process::ChildStdin, exited: &AtomicBool) {
         match self {
+            Self::Bytes(bytes) => {
+                let _ = stdin.write_all(bytes);
+            }
             Self::BytesThenOpen(bytes) => {
                 let _ = stdin.write_all(bytes);
                 let _ = stdin.flush();
@@ -265,6 +271,8 @@ enum Misbehaviour {
     /// Reply headers, then the connection is never polled again: the socket stays open but
     /// pings go unanswered, as with a peer that froze or a path that silently broke.
     Freeze,
+    /// A framed reply whose bytes are not an `example.Data`, then `grpc-status: 0`.
+    Undecodable,
 }
 
 /// A gRPC server on 127.0.0.1 that misbehaves as told. Keep the runtime: the server runs on it.
@@ -296,6 +304,14 @@ async fn misbehave(tcp: TcpStream, misbehaviour: Misbehaviour) {
         };
         match misbehaviour {
             Misbehaviour::Stall => hanging.push((request, reply)),
+            Misbehaviour::Undecodable => {
+                let mut reply = reply;
+                // Field 1, length 5, then one byte: a truncated string.
+                let _ = reply.send_data(raw::frame(false, &[0x0a, 0x05, b'a']), false);
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let _ = reply.send_trailers(trailers);
+            }
             Misbehaviour::Freeze => {
                 // Polled a moment more, so the reply headers go out; then never again.
                 let _ = tokio::time::timeout(Duration::from_millis(300), connection.accept()).await;
@@ -381,4 +397,35 @@ fn a_stream_notices_a_server_that_stops_answering_pings() {
     );
     assert!(ran.elapsed > Duration::from_secs(25), "{ran:?}");
     assert_eq!(ran.stdout, "");
+}
+
+#[test]
+fn a_reply_that_does_not_decode_is_internal() {
+    let (_runtime, addr) = misbehaving_server(Misbehaviour::Undecodable);
+
+    let unary = run_bounded(
+        client(&["--addr", &addr, "--retries", "0", "hi"]),
+        None,
+        Duration::from_secs(15),
+    );
+    unary.assert_fails_with_one_line(1);
+    assert!(
+        unary
+            .stderr
+            .starts_with("client: INTERNAL: failed to decode Protobuf message"),
+        "{}",
+        unary.stderr
+    );
+
+    let stream = run_bounded(
+        client(&["--addr", &addr, "--stream"]),
+        Some(Input::Bytes(b"hi\n")),
+        Duration::from_secs(15),
+    );
+    stream.assert_fails_with_one_line(1);
+    assert!(
+        stream.stderr.starts_with("client: INTERNAL: "),
+        "{}",
+        stream.stderr
+    );
 }
