@@ -162,6 +162,13 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "FORMATDATA_COMPRESS", value_enum)]
     pub compress: Option<Compression>,
 
+    /// Largest request and reply, in bytes, as the server's flag of the same name: a larger one
+    /// fails with RESOURCE_EXHAUSTED, and --stream refuses an input line too long to send as it
+    /// reads it.
+    #[arg(long, global = true, env = "FORMATDATA_MAX_MESSAGE_BYTES",
+          default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
     /// Stream stdin through DoFormatStream instead: each line is sent as it is read, and each
     /// reply written to stdout as it arrives, in order (`cat in.txt | client --stream > out.txt`).
     #[arg(long, conflicts_with = "text")]
@@ -579,6 +586,7 @@ mod tests {
         assert_eq!(args.single_server().unwrap().to_string(), DEFAULT_ADDR);
         assert_eq!(args.text(), DEFAULT_TEXT);
         assert_eq!(args.timeout, Duration::from_secs(10));
+        assert_eq!(args.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     }
 
     #[test]

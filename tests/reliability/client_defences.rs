@@ -1,6 +1,7 @@
 //! Defences on the client's side of the wire, and of the token both binaries share: an auth
 //! token that would fail open, the Bearer scheme in any case, a server that sends reply headers
-//! and then nothing, one that stops answering pings, and one whose reply does not decode.
+//! and then nothing, one that stops answering pings, one whose reply does not decode, and an
+//! input line too long to ever send.
 //!
 //! Each test runs the real binaries over loopback; the misbehaving servers are written here with
 //! the `h2` crate's server API, as no well-behaved server would misbehave on cue.
@@ -32,6 +33,8 @@ struct Ran {
     stdout: String,
     stderr: String,
     elapsed: Duration,
+    /// The most resident memory it had, from `VmHWM` sampled while it ran, in KiB.
+    peak_rss_kib: u64,
 }
 
 impl Ran {
@@ -52,7 +55,8 @@ impl Ran {
     }
 }
 
-/// Runs `command` with stdin from `input` (fed on a thread), killing it after `limit`.
+/// Runs `command` with stdin from `input` (fed on a thread), killing it after `limit`. Samples
+/// its peak memory as it runs.
 fn run_bounded(mut command: Command, input: Option<Input>, limit: Duration) -> Ran {
     let started = Instant::now();
     let mut child = command
@@ -75,9 +79,13 @@ fn run_bounded(mut command: Command, input: Option<Input>, limit: Duration) -> R
     });
     let stdout = forward_lines(child.stdout.take().unwrap());
     let stderr = forward_lines(child.stderr.take().unwrap());
+    let mut peak_rss_kib = 0;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
+        }
+        if let Some(kib) = vm_hwm_kib(child.id()) {
+            peak_rss_kib = peak_rss_kib.max(kib);
         }
         if started.elapsed() > limit {
             let _ = child.kill();
@@ -102,15 +110,31 @@ fn run_bounded(mut command: Command, input: Option<Input>, limit: Duration) -> R
         stdout: lines(stdout),
         stderr: lines(stderr),
         elapsed,
+        peak_rss_kib,
     }
+}
+
+/// `VmHWM` of a running process, in KiB; `None` once it has exited.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        line.strip_prefix("VmHWM:")?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// What a process gets on stdin.
 enum Input {
     /// These bytes, then end of input.
-    Bytes(&'static [u8]),
+    Bytes(Vec<u8>),
     /// These bytes, then stdin stays open for as long as the process runs.
     BytesThenOpen(&'static [u8]),
+    /// `len` bytes of `a` and no newline, written 1 MiB at a time, then end of input.
+    OneLongLine { len: usize },
 }
 
 impl Input {
@@ -118,13 +142,22 @@ impl Input {
     fn feed(self, mut stdin: std::process::ChildStdin, exited: &AtomicBool) {
         match self {
             Self::Bytes(bytes) => {
-                let _ = stdin.write_all(bytes);
+                let _ = stdin.write_all(&bytes);
             }
             Self::BytesThenOpen(bytes) => {
                 let _ = stdin.write_all(bytes);
                 let _ = stdin.flush();
                 while !exited.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Self::OneLongLine { len } => {
+                let chunk = vec![b'a'; 1 << 20];
+                for _ in 0..len / chunk.len() {
+                    // An error is the process having stopped reading: what the test waits for.
+                    if stdin.write_all(&chunk).is_err() {
+                        return;
+                    }
                 }
             }
         }
@@ -419,7 +452,7 @@ fn a_reply_that_does_not_decode_is_internal() {
 
     let stream = run_bounded(
         client(&["--addr", &addr, "--stream"]),
-        Some(Input::Bytes(b"hi\n")),
+        Some(Input::Bytes(b"hi\n".to_vec())),
         Duration::from_secs(15),
     );
     stream.assert_fails_with_one_line(1);
@@ -428,4 +461,51 @@ fn a_reply_that_does_not_decode_is_internal() {
         "{}",
         stream.stderr
     );
+}
+
+#[test]
+fn a_stream_refuses_a_line_over_the_message_limit_while_reading_it() {
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+
+    let ran = run_bounded(
+        client(&["--addr", &server.addr(), "--stream"]),
+        Some(Input::OneLongLine { len: 64 << 20 }),
+        Duration::from_secs(30),
+    );
+
+    ran.assert_fails_with_one_line(1);
+    assert_eq!(
+        ran.stderr,
+        "client: input line 1 is longer than the 4194304-byte message limit\n"
+    );
+    // The line is 64 MiB; reading it whole is what must not happen (it took 145 MiB). About
+    // 14 MiB is the client's own, 4 MiB the part of the line it reads.
+    assert!(ran.peak_rss_kib < 32 * 1024, "{ran:?}");
+}
+
+#[test]
+fn the_stream_line_limit_is_max_message_bytes_and_earlier_lines_are_answered() {
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    // "short\n" is a 9-byte request; 200 bytes of text are over the limit, the line after is
+    // never read.
+    let input = [&b"short\n"[..], &[b'a'; 200], b"\nafter\n"].concat();
+
+    let ran = run_bounded(
+        client(&[
+            "--addr",
+            &server.addr(),
+            "--stream",
+            "--max-message-bytes",
+            "100",
+        ]),
+        Some(Input::Bytes(input)),
+        Duration::from_secs(15),
+    );
+
+    ran.assert_fails_with_one_line(1);
+    assert_eq!(
+        ran.stderr,
+        "client: input line 2 is longer than the 100-byte message limit\n"
+    );
+    assert_eq!(ran.stdout, "SHORT\n");
 }
