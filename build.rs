@@ -38,9 +38,13 @@ fn compile() -> Result<(), String> {
     fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
         .map_err(|err| format!("cannot write {}: {err}", descriptor_path.display()))?;
 
+    // tonic's stock prost codec for both stubs, which reports bytes that do not decode as
+    // INTERNAL. The generated client and server share one codec, which cannot tell a reply from
+    // a request, and INTERNAL is right for a reply (the server is broken; grpcio and grpc-go say
+    // so too). For a request the caller is at fault: the server's middleware turns it into
+    // INVALID_ARGUMENT (`middleware::standard_status`), as it does every other request tonic
+    // cannot decode, so nothing needs to be told which side it is on.
     tonic_prost_build::configure()
-        // Our codec reports undecodable requests as INVALID_ARGUMENT rather than INTERNAL.
-        .codec_path("crate::codec::ProstCodec")
         .compile_fds(compiler.file_descriptor_set())
         .map_err(|err| format!("code generation failed: {err}"))
 }

@@ -9,19 +9,19 @@ use tonic::{Request, Status};
 /// Checks `authorization: Bearer <token>` on every call, when a token is configured.
 #[derive(Clone, Default)]
 pub struct RequireBearer {
-    /// The whole expected header value, `Bearer <token>`; `None` lets every call through.
-    expected: Option<Arc<[u8]>>,
+    /// The token expected after the scheme; `None` lets every call through.
+    token: Option<Arc<[u8]>>,
 }
 
 impl RequireBearer {
     pub fn new(token: Option<&str>) -> Self {
         Self {
-            expected: token.map(|token| format!("Bearer {token}").into_bytes().into()),
+            token: token.map(|token| token.as_bytes().into()),
         }
     }
 
     pub fn is_enabled(&self) -> bool {
-        self.expected.is_some()
+        self.token.is_some()
     }
 }
 
@@ -36,7 +36,7 @@ impl std::fmt::Debug for RequireBearer {
 
 impl Interceptor for RequireBearer {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
+        let Some(expected) = &self.token else {
             return Ok(request);
         };
         let given = request
@@ -44,13 +44,26 @@ impl Interceptor for RequireBearer {
             .get("authorization")
             .ok_or_else(|| Status::unauthenticated("missing authorization: Bearer <token>"))?;
         // Constant time, so response timing does not reveal how much of a guess was right.
-        // (The length can still show; it says nothing about the content.)
-        if bool::from(given.as_bytes().ct_eq(expected)) {
+        // (The length can still show; it says nothing about the content.) The scheme is no
+        // secret: comparing it first leaks nothing.
+        let matches = bearer_credentials(given.as_bytes())
+            .is_some_and(|token| bool::from(token.ct_eq(expected)));
+        if matches {
             Ok(request)
         } else {
             Err(Status::unauthenticated("invalid bearer token"))
         }
     }
+}
+
+/// The token of an `authorization` value in the Bearer scheme: `Bearer`, in any case (RFC 6750
+/// via RFC 7235: auth schemes are case-insensitive, and some clients send `bearer`), then one
+/// or more spaces.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let (scheme, rest) = value.split_at_checked(SCHEME.len())?;
+    (scheme.eq_ignore_ascii_case(SCHEME) && rest.first() == Some(&b' '))
+        .then(|| rest.trim_ascii_start())
 }
 
 #[cfg(test)]
@@ -87,6 +100,34 @@ mod tests {
                 call(&mut auth, wrong),
                 Err(Code::Unauthenticated),
                 "{wrong:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive_and_the_token_is_not() {
+        let mut auth = RequireBearer::new(Some("s3cret"));
+        for right in [
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR s3cret",
+            "Bearer  s3cret",
+        ] {
+            assert_eq!(call(&mut auth, Some(right)), Ok(()), "{right}");
+        }
+        for wrong in [
+            "bearer S3CRET",
+            "Bearers3cret",
+            "Bearer",
+            "Bearer ",
+            "Basic s3cret",
+            "Bear s3cret",
+            "Bearer s3cret ",
+        ] {
+            assert_eq!(
+                call(&mut auth, Some(wrong)),
+                Err(Code::Unauthenticated),
+                "{wrong}"
             );
         }
     }

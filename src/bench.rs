@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::client::{Client, ClientError, code_name};
+use crate::client::{Client, ClientError, code_name, no_reply_within};
 use crate::codec;
 use crate::config::{BenchArgs, ClientArgs, DEFAULT_TEXT, HostPort};
 use crate::pb::Data;
@@ -306,6 +306,8 @@ struct RawUnary {
     /// The uppercase text, for replies encoded differently but equal.
     expected_text: Arc<str>,
     headers: http::HeaderMap,
+    /// `--timeout`: how long one call may take, from asking for a stream to the trailers.
+    timeout: Duration,
 }
 
 impl RawUnary {
@@ -354,11 +356,20 @@ impl RawUnary {
             expected: framed(expected),
             expected_text: expected.clone(),
             headers,
+            timeout: args.timeout,
         })
     }
 
-    /// One call: `Ok(true)` for the right reply, `Ok(false)` for a wrong one.
+    /// One call: `Ok(true)` for the right reply, `Ok(false)` for a wrong one. A call that takes
+    /// longer than `--timeout` is DEADLINE_EXCEEDED, as through `Client`: the server sees
+    /// `grpc-timeout`, but one that stalls must not stall the run.
     async fn call(&self) -> Result<bool, Status> {
+        tokio::time::timeout(self.timeout, self.attempt())
+            .await
+            .unwrap_or_else(|_| Err(no_reply_within(self.timeout)))
+    }
+
+    async fn attempt(&self) -> Result<bool, Status> {
         let unavailable = |error: h2::Error| Status::unavailable(error.to_string());
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;

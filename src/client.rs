@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt};
+use prost::Message;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
-use tonic::{Code, Request, Status, TimeoutExpired};
+use tonic::{Code, Request, Response, Status, TimeoutExpired};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -33,6 +34,18 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How long a connection may hear nothing from its server before the client pings it, and how
+/// long that ping may then go unanswered before the connection counts as dead. A `--stream` has
+/// no deadline, and a server that vanished without closing (its host gone, a network partition,
+/// a frozen process) would otherwise hold it until TCP gives up, hours later; with these it
+/// fails within about 30 s. Idle connections are pinged too, so a call is not the first to find
+/// one dead. Not more often: gRPC Core and grpc-go servers may close a connection pinged much
+/// more often than every 5 minutes while it carries no call, as abusive (a grpcio 1.85 server
+/// kept a `--stream` open through 100 s of these pings without a message); ours does not
+/// police pings.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call did not produce a reply.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +78,10 @@ pub enum ClientError {
     /// A line of the input to stream cannot be sent: it is not UTF-8 (protobuf strings must be).
     #[error("input line {line} is not UTF-8")]
     NotUtf8 { line: u64 },
+    /// A line of the input to stream is too long to send as one message; found while reading it,
+    /// without reading the rest.
+    #[error("input line {line} is longer than the {limit}-byte message limit")]
+    LineTooLong { line: u64, limit: usize },
     /// Reading the input or writing the replies failed.
     #[error("{context}: {source}")]
     Io {
@@ -90,6 +107,8 @@ pub struct Client {
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
     /// Compression of requests, also offered for replies.
     compression: Option<CompressionEncoding>,
+    /// Largest request and reply, in bytes (`--max-message-bytes`).
+    max_message_bytes: usize,
     /// Attempts repeated after UNAVAILABLE (failovers included) by this client and its clones,
     /// for `client bench`'s report.
     retried: Arc<AtomicU64>,
@@ -131,7 +150,10 @@ impl Client {
             let uri = |addr: &HostPort| format!("{scheme}://{addr}");
             let mut endpoint = Endpoint::from_shared(uri(&address.connect))
                 .map_err(|err| err.to_string())?
-                .connect_timeout(timeout);
+                .connect_timeout(timeout)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             if address.name != address.connect {
                 // Reached by a resolved IP, known by its name: `:authority` carries the name.
                 let origin = uri(&address.name).parse().map_err(|err| format!("{err}"))?;
@@ -161,13 +183,16 @@ impl Client {
                 Compression::Gzip => CompressionEncoding::Gzip,
                 Compression::Zstd => CompressionEncoding::Zstd,
             }),
+            max_message_bytes: args.max_message_bytes,
             retried: Arc::default(),
         })
     }
 
-    /// The generated stub on this channel, with the compression settings.
+    /// The generated stub on this channel, with the message limit and compression settings.
     pub(crate) fn format_data(&self) -> FormatDataClient<Balancer> {
-        let stub = FormatDataClient::new(self.channel.clone());
+        let stub = FormatDataClient::new(self.channel.clone())
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
         match self.compression {
             Some(encoding) => stub.send_compressed(encoding).accept_compressed(encoding),
             None => stub,
@@ -188,12 +213,22 @@ impl Client {
         stub: &FormatDataClient<Balancer>,
         text: &str,
     ) -> Result<Data, Status> {
+        let message = Data {
+            text: text.to_owned(),
+        };
+        // Checked here because the stub's own check (`max_encoding_message_size`) fails the call
+        // as a reset stream, "INTERNAL: h2 protocol error".
+        let len = message.encoded_len();
+        if len > self.max_message_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "the request is {len} bytes, over the {}-byte message limit",
+                self.max_message_bytes
+            )));
+        }
         self.with_retries(|| {
             let mut stub = stub.clone();
-            let request = self.request(Data {
-                text: text.to_owned(),
-            });
-            async move { stub.do_format(request).await }
+            let request = self.request(message.clone());
+            async move { stub.do_format(request).await.map(Response::into_inner) }
         })
         .await
     }
@@ -213,9 +248,11 @@ impl Client {
     ///
     /// Each line is sent with its line ending, so the output is exactly the uppercase of the
     /// input, a last line without newline included. Memory stays bounded whatever the input's
-    /// length: at most [`LINES_IN_FLIGHT`] lines wait to be sent, and HTTP/2 flow control holds
-    /// the rest. Every reply written was received; if the stream breaks, the error says so
-    /// after the replies that did arrive. No deadline and no retry: a stream is not repeatable.
+    /// length: at most [`LINES_IN_FLIGHT`] lines wait to be sent, HTTP/2 flow control holds the
+    /// rest, and a line too long to send is an error as soon as it has been read that far. Every
+    /// reply written was received; if the stream breaks, the error says so after the replies
+    /// that did arrive. No deadline and no retry: a stream is not repeatable; keepalive pings
+    /// notice a server that stopped answering.
     pub async fn format_lines<R, W>(&self, input: R, mut output: W) -> Result<u64, ClientError>
     where
         R: AsyncBufRead + Unpin + Send + 'static,
@@ -226,7 +263,7 @@ impl Client {
             source,
         };
         let (lines, requests) = mpsc::channel(LINES_IN_FLIGHT);
-        let reader = tokio::spawn(read_lines(input, lines));
+        let reader = tokio::spawn(read_lines(input, lines, self.max_message_bytes));
         let request = self.stream_request(ReceiverStream::new(requests));
         let mut replies = self
             .format_data()
@@ -282,7 +319,7 @@ impl Client {
                 let request = self.request(HealthCheckRequest {
                     service: service.to_owned(),
                 });
-                async move { stub.check(request).await }
+                async move { stub.check(request).await.map(Response::into_inner) }
             })
             .await
             .map_err(|status| self.error(status))?;
@@ -292,19 +329,18 @@ impl Client {
     /// The names of the services the server offers, through gRPC reflection (v1).
     pub async fn list_services(&self) -> Result<Vec<String>, ClientError> {
         let stub = ServerReflectionClient::new(self.channel.clone());
-        let mut replies = self
+        let reply = self
             .with_retries(|| {
                 let mut stub = stub.clone();
                 let request = self.request(tokio_stream::once(ServerReflectionRequest {
                     host: String::new(),
                     message_request: Some(MessageRequest::ListServices(String::new())),
                 }));
-                async move { stub.server_reflection_info(request).await }
+                async move {
+                    let mut replies = stub.server_reflection_info(request).await?.into_inner();
+                    replies.message().await
+                }
             })
-            .await
-            .map_err(|status| self.error(status))?;
-        let reply = replies
-            .message()
             .await
             .map_err(|status| self.error(status))?
             .ok_or_else(|| ClientError::Reflection("no reply".into()))?;
@@ -345,7 +381,8 @@ impl Client {
     }
 
     /// Runs `call`, again after an UNAVAILABLE failure (a server down or restarting), up to
-    /// `retries` times, only for idempotent calls, which all of ours are.
+    /// `retries` times, only for idempotent calls, which all of ours are. Each attempt has
+    /// `--timeout` from connecting to the last byte of its reply.
     ///
     /// A call whose connection could not even be made sent nothing: it goes to the next server
     /// at once, once per server, without counting as a retry (gRPC's "transparent retry"), so
@@ -355,15 +392,22 @@ impl Client {
     async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+        Fut: Future<Output = Result<T, Status>>,
     {
         let mut backoff = FIRST_BACKOFF;
         let (mut retries, mut failovers) = (0, 0);
         loop {
-            let status = match call().await {
-                Ok(reply) => return Ok(reply.into_inner()),
-                Err(status) if status.code() == Code::Unavailable => status,
-                Err(status) => return Err(status),
+            // The whole attempt, not only its start: tonic's channel enforces the deadline it
+            // sends (`grpc-timeout`) only until the reply's headers, so a server that sends them
+            // and then stalls held the call, and a `client health` exec probe, forever.
+            let status = match tokio::time::timeout(self.timeout, call()).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(status)) if status.code() == Code::Unavailable => status,
+                Ok(Err(status)) if is_local_deadline(&status) => {
+                    return Err(no_reply_within(self.timeout));
+                }
+                Ok(Err(status)) => return Err(standard_code(status)),
+                Err(_elapsed) => return Err(no_reply_within(self.timeout)),
             };
             let unreachable = unreachable(&status);
             let elsewhere = unreachable.is_some() && self.channel.any_up();
@@ -395,9 +439,7 @@ impl Client {
 
     /// The error to report for a failed call.
     pub(crate) fn error(&self, status: Status) -> ClientError {
-        if is_local_deadline(&status) {
-            return Status::deadline_exceeded(format!("no reply within {:?}", self.timeout)).into();
-        }
+        let status = standard_code(status);
         // The balancer reports a connection that failed as UNAVAILABLE, naming the server: say
         // so in those words rather than as a status.
         if let Some(unreachable) = unreachable(&status) {
@@ -410,15 +452,23 @@ impl Client {
 /// How many lines may be read ahead of what the server has taken.
 pub const LINES_IN_FLIGHT: usize = 64;
 
-/// Sends each line of `input`, line ending included, as one request; returns how many.
-async fn read_lines<R>(mut input: R, lines: mpsc::Sender<Data>) -> Result<u64, ClientError>
+/// Sends each line of `input`, line ending included, as one request; returns how many. Fails
+/// at the first line whose request would be over `max_message_bytes`, having read one byte of
+/// it more than fits, not the whole line: a line may be any length, all of memory included.
+async fn read_lines<R>(
+    mut input: R,
+    lines: mpsc::Sender<Data>,
+    max_message_bytes: usize,
+) -> Result<u64, ClientError>
 where
     R: AsyncBufRead + Unpin,
 {
+    let longest = longest_line(max_message_bytes);
     let mut count = 0;
     loop {
         let mut line = Vec::new();
-        let read = input
+        let read = (&mut input)
+            .take(longest as u64 + 1)
             .read_until(b'\n', &mut line)
             .await
             .map_err(|source| ClientError::Io {
@@ -429,12 +479,45 @@ where
             return Ok(count);
         }
         count += 1;
+        if line.len() > longest {
+            return Err(ClientError::LineTooLong {
+                line: count,
+                limit: max_message_bytes,
+            });
+        }
         let text = String::from_utf8(line).map_err(|_| ClientError::NotUtf8 { line: count })?;
         if lines.send(Data { text }).await.is_err() {
             // The call ended early; its error is what gets reported.
             return Ok(count);
         }
     }
+}
+
+/// The longest line, in bytes, whose request fits in `max_message_bytes`: a line goes as
+/// `Data { text: line }`, which adds a byte of field tag and the length to the text.
+fn longest_line(max_message_bytes: usize) -> usize {
+    (0..=max_message_bytes)
+        .rev()
+        .find(|&len| {
+            len.checked_add(1 + prost::length_delimiter_len(len))
+                .is_some_and(|request| request <= max_message_bytes)
+        })
+        .unwrap_or(0)
+}
+
+/// tonic reports its own message-size limits as OUT_OF_RANGE; gRPC calls that RESOURCE_EXHAUSTED
+/// (grpcio, grpc-go and our server say so), and no FormatData, health or reflection server
+/// returns OUT_OF_RANGE itself.
+fn standard_code(status: Status) -> Status {
+    match status.code() {
+        Code::OutOfRange => Status::resource_exhausted(status.message()),
+        _ => status,
+    }
+}
+
+/// The status of an attempt that ran out of time.
+pub(crate) fn no_reply_within(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!("no reply within {timeout:?}"))
 }
 
 /// tonic's channel enforces `grpc-timeout` itself but reports it as CANCELLED "Timeout expired";
@@ -468,5 +551,28 @@ pub fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_line_is_the_longest_whose_request_fits() {
+        let request_len = |len: usize| {
+            Data {
+                text: "a".repeat(len),
+            }
+            .encoded_len()
+        };
+        for limit in (2..300).chain([16_385, 2_097_155, 4 * 1024 * 1024]) {
+            let longest = longest_line(limit);
+            assert!(request_len(longest) <= limit, "{limit}");
+            assert!(request_len(longest + 1) > limit, "{limit}");
+        }
+        assert_eq!(longest_line(4 * 1024 * 1024), 4 * 1024 * 1024 - 5);
+        assert_eq!(longest_line(1), 0);
+        assert_eq!(longest_line(usize::MAX), usize::MAX - 11);
     }
 }

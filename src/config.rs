@@ -144,7 +144,7 @@ impl ServerArgs {
     /// Flags, `FORMATDATA_*` variables and the auth token, as the binary takes them.
     pub fn from_env() -> Self {
         let mut args = parse_or_exit::<Self>();
-        args.auth_token = auth_token_from_env();
+        args.auth_token = auth_token_or_exit();
         args
     }
 }
@@ -165,7 +165,8 @@ pub struct ClientArgs {
           value_delimiter = ',')]
     pub addr: Vec<Target>,
 
-    /// Seconds to wait for the connection, and then for the reply.
+    /// Seconds each attempt may take, from connecting to the last byte of the reply (not for
+    /// --stream, which may rightly run for hours).
     #[arg(long, global = true, env = "FORMATDATA_TIMEOUT", default_value = "10",
           value_parser = parse_positive_seconds)]
     pub timeout: Duration,
@@ -195,6 +196,13 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "FORMATDATA_COMPRESS", value_enum)]
     pub compress: Option<Compression>,
 
+    /// Largest request and reply, in bytes, as the server's flag of the same name: a larger one
+    /// fails with RESOURCE_EXHAUSTED, and --stream refuses an input line too long to send as it
+    /// reads it.
+    #[arg(long, global = true, env = "FORMATDATA_MAX_MESSAGE_BYTES",
+          default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
     /// Stream stdin through DoFormatStream instead: each line is sent as it is read, and each
     /// reply written to stdout as it arrives, in order (`cat in.txt | client --stream > out.txt`).
     #[arg(long, conflicts_with = "text")]
@@ -213,7 +221,7 @@ impl ClientArgs {
     /// Flags, `FORMATDATA_*` variables and the auth token, as the binary takes them.
     pub fn from_env() -> Self {
         let mut args = parse_or_exit::<Self>();
-        args.auth_token = auth_token_from_env();
+        args.auth_token = auth_token_or_exit();
         args
     }
 
@@ -309,13 +317,16 @@ pub enum Compression {
 /// Parses the command line; on a mistake prints clap's message on one line and exits with
 /// status 2 (`--help` and `--version` print in full and exit 0).
 fn parse_or_exit<T: Parser>() -> T {
-    T::try_parse().unwrap_or_else(|error| {
-        if !error.use_stderr() {
-            error.exit();
-        }
-        eprintln!("{}", one_line(&error.to_string()));
-        std::process::exit(error.exit_code());
-    })
+    T::try_parse().unwrap_or_else(|error| exit_with(&error))
+}
+
+/// Ends the process as clap would for `error`, but with its message on one line.
+fn exit_with(error: &clap::Error) -> ! {
+    if !error.use_stderr() {
+        error.exit();
+    }
+    eprintln!("{}", one_line(&error.to_string()));
+    std::process::exit(error.exit_code());
 }
 
 /// clap's error up to its usage hint, folded onto one line.
@@ -324,11 +335,72 @@ fn one_line(message: &str) -> String {
     essential.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The token from [`AUTH_TOKEN_ENV`]; unset and empty both mean none.
-fn auth_token_from_env() -> Option<String> {
-    std::env::var(AUTH_TOKEN_ENV)
-        .ok()
-        .filter(|token| !token.is_empty())
+/// The token from [`AUTH_TOKEN_ENV`], or a usage error (exit status 2) for a value that cannot
+/// be one, as for a bad flag: an empty value used to turn authentication off without a word,
+/// and a value no header can carry made a server that refused every call. Failing at startup,
+/// before anything is bound or sent, is the only safe reading of either.
+fn auth_token_or_exit() -> Option<String> {
+    auth_token_from_env().unwrap_or_else(|error| {
+        exit_with(&clap::Error::raw(
+            clap::error::ErrorKind::ValueValidation,
+            error,
+        ))
+    })
+}
+
+/// The token from [`AUTH_TOKEN_ENV`]: `None` when it is unset, an error when it is set to
+/// something that is not a token. The one place either binary reads it.
+fn auth_token_from_env() -> Result<Option<String>, TokenError> {
+    std::env::var_os(AUTH_TOKEN_ENV)
+        .map(|value| bearer_token(&value))
+        .transpose()
+}
+
+/// Why a value of [`AUTH_TOKEN_ENV`] is not a token. Never shows the value: it is a secret, and
+/// the message goes to logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum TokenError {
+    #[error("{AUTH_TOKEN_ENV} is set but empty; unset it for no token")]
+    Empty,
+    #[error("{AUTH_TOKEN_ENV} is not UTF-8; a bearer token is visible ASCII (RFC 6750)")]
+    NotUtf8,
+    #[error(
+        "{AUTH_TOKEN_ENV} has {what} at byte {position}; a bearer token is visible ASCII (RFC 6750)"
+    )]
+    NotVisibleAscii {
+        what: &'static str,
+        /// 1-based, so a stray newline at the end shows as the last byte.
+        position: usize,
+    },
+}
+
+/// `value` as a bearer token: visible ASCII (`!` to `~`), at least one character. That is the
+/// set every HTTP header value and gRPC ASCII metadata value can carry as it is, and a superset
+/// of RFC 6750's `b64token` (letters, digits and `-._~+/=`), so tokens issued in any common
+/// form pass; a space, a line break (the usual `$(cat token-file)` slip), any other control
+/// character or non-ASCII character does not.
+fn bearer_token(value: &std::ffi::OsStr) -> Result<String, TokenError> {
+    let token = value.to_str().ok_or(TokenError::NotUtf8)?;
+    if token.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if let Some((index, byte)) = token
+        .bytes()
+        .enumerate()
+        .find(|(_, byte)| !byte.is_ascii_graphic())
+    {
+        let what = match byte {
+            b' ' => "a space",
+            b'\n' | b'\r' => "a line break",
+            byte if byte.is_ascii_control() => "a control character",
+            _ => "a non-ASCII character",
+        };
+        return Err(TokenError::NotVisibleAscii {
+            what,
+            position: index + 1,
+        });
+    }
+    Ok(token.to_owned())
 }
 
 /// Where the client sends its calls: one server, or all the addresses of a DNS name.
@@ -548,6 +620,7 @@ mod tests {
         assert_eq!(args.single_server().unwrap().to_string(), DEFAULT_ADDR);
         assert_eq!(args.text(), DEFAULT_TEXT);
         assert_eq!(args.timeout, Duration::from_secs(10));
+        assert_eq!(args.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     }
 
     #[test]
@@ -665,6 +738,45 @@ mod tests {
         assert!(!line.contains('\n'));
         assert!(line.starts_with("error: "), "{line}");
         assert!(line.contains("--tls-key"), "{line}");
+    }
+
+    #[test]
+    fn bearer_tokens_are_visible_ascii() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+
+        let token = |value: &[u8]| bearer_token(OsStr::from_bytes(value));
+        for good in [
+            &b"s3cret"[..],
+            b"a.b-c_d~e+f/g==",
+            b"!#$%&'()*,:;<>?@[]^`{|}\\",
+        ] {
+            assert_eq!(token(good).unwrap().as_bytes(), good);
+        }
+        assert_eq!(token(b""), Err(TokenError::Empty));
+        assert_eq!(token(b"s3cr\xffet"), Err(TokenError::NotUtf8));
+        for (bad, what, position) in [
+            (&b"s3cret\n"[..], "a line break", 7),
+            (b"s3\r\ncret", "a line break", 3),
+            (b" s3cret", "a space", 1),
+            (b"s3\tcret", "a control character", 3),
+            (b"s3cret\x7f", "a control character", 7),
+            ("s3crét".as_bytes(), "a non-ASCII character", 5),
+        ] {
+            assert_eq!(
+                token(bad),
+                Err(TokenError::NotVisibleAscii { what, position }),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_errors_do_not_show_the_token() {
+        let error = bearer_token(std::ffi::OsStr::new("s3cret\n")).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(AUTH_TOKEN_ENV), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
     }
 
     #[test]

@@ -698,8 +698,8 @@ pub(crate) fn more_than_one_message() -> Status {
 /// - OUT_OF_RANGE -> RESOURCE_EXHAUSTED: tonic's message-size limits (our services never
 ///   return OUT_OF_RANGE themselves).
 /// - INTERNAL -> INVALID_ARGUMENT: tonic's request decoding failures (a truncated frame, a bad
-///   compression flag, no message at all); our handlers never return INTERNAL, so this is always
-///   bytes the caller sent.
+///   compression flag, no message at all, bytes that are not the message); our handlers never
+///   return INTERNAL, so this is always bytes the caller sent.
 /// - UNIMPLEMENTED with no message -> the same with the method named: tonic's router has no
 ///   such method.
 fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<Status> {

@@ -17,13 +17,18 @@ use tokio::io::{BufReader, BufWriter};
 fn main() -> ExitCode {
     let args = ClientArgs::from_env();
     telemetry::init(LogFormat::Text, "warn");
-    let outcome = match runtime::build(None) {
-        Ok(runtime) => runtime.block_on(run(&args)),
+    let runtime = match runtime::build(None) {
+        Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("client: {err}");
             return ExitCode::FAILURE;
         }
     };
+    let outcome = runtime.block_on(run(&args));
+    // Not a plain drop, which waits for every blocking task: a read of stdin (`--stream`) blocks
+    // a thread nothing can interrupt until input comes or ends, which after a failed stream
+    // may be never.
+    runtime.shutdown_background();
     outcome.unwrap_or_else(|err| {
         eprintln!("client: {err}");
         ExitCode::FAILURE

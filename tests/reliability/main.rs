@@ -13,6 +13,7 @@ mod helpers;
 mod raw;
 
 mod attacks;
+mod client_defences;
 mod failover;
 mod hostile;
 mod load;
