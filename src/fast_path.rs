@@ -127,8 +127,9 @@ where
     B::Error: Into<Status>,
 {
     // Usually the whole message comes in one DATA frame: keep those bytes as they are, and only
-    // copy into a buffer when a second frame follows. The buffer grows by doubling, so a
-    // message in a thousand tiny frames costs a few copies of it, not a thousand.
+    // copy into a buffer when a second frame follows. That buffer is made as large as the
+    // message declares (checked against the limit first), as tonic's decoder does: each byte is
+    // copied once, whatever the number of frames, and pages are only touched as bytes arrive.
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
@@ -138,15 +139,12 @@ where
             continue;
         };
         match &mut joined {
-            Some(buffer) => {
-                if buffer.capacity() - buffer.len() < data.len() {
-                    buffer.reserve(data.len().max(buffer.len()));
-                }
-                buffer.extend_from_slice(&data);
-            }
+            Some(buffer) => buffer.extend_from_slice(&data),
             None if first.is_empty() => first = data,
             None => {
-                let mut buffer = BytesMut::with_capacity(2 * (first.len() + data.len()));
+                let declared = (first.len() >= PREFIX).then(|| declared_length(&first));
+                let whole = declared.map_or(0, |length| PREFIX + length.min(limit + 1));
+                let mut buffer = BytesMut::with_capacity(whole.max(first.len() + data.len()));
                 buffer.extend_from_slice(&first);
                 buffer.extend_from_slice(&data);
                 joined = Some(buffer);
@@ -158,8 +156,8 @@ where
             if received[0] != 0 {
                 return Err(bad_flag(received[0]));
             }
-            let declared = u32::from_be_bytes(received[1..PREFIX].try_into().expect("4 bytes"));
-            if declared as usize > limit {
+            let declared = declared_length(received);
+            if declared > limit {
                 return Err(Status::resource_exhausted(format!(
                     "request message of {declared} bytes is over the {limit}-byte limit"
                 )));
@@ -167,7 +165,7 @@ where
             // Checked as the bytes come, not at the end: a client must not be able to make the
             // server buffer an endless body behind one small message. (`middleware::Counted`
             // refuses a second message as well; this keeps the fast path safe on its own.)
-            if received.len() > PREFIX + declared as usize {
+            if received.len() > PREFIX + declared {
                 return Err(more_than_one_message());
             }
         }
@@ -197,6 +195,11 @@ where
             Data::decode(received).map_err(|error| Status::invalid_argument(error.to_string()))
         }
     }
+}
+
+/// The message length a gRPC prefix (at least [`PREFIX`] bytes) declares.
+fn declared_length(prefix: &[u8]) -> usize {
+    u32::from_be_bytes(prefix[1..PREFIX].try_into().expect("4 bytes")) as usize
 }
 
 /// A flag other than 0 on the fast path, which takes no `grpc-encoding`: compressed (1) without
