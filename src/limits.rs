@@ -167,9 +167,20 @@ fn is_out_of_resources(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
+/// What a call in progress costs the server besides its messages, as measured with 256 calls on
+/// each of 20 connections, each call waiting for its client (release build): about 4 KiB for a
+/// unary call (its task, h2's stream, the middleware), about 13 KiB for a stream (tonic's
+/// decode and encode buffers on top). Charged to the budgets while the call runs.
+pub fn call_cost(one_request: bool) -> usize {
+    match one_request {
+        true => 4 * 1024,
+        false => 16 * 1024,
+    }
+}
+
 /// Bytes that calls in progress may hold: request messages not yet complete (for streaming
-/// calls, the largest one seen, which tonic's decoder keeps as buffer capacity) and replies not
-/// yet handed to the connection. One per connection, each drawing on one for the whole server.
+/// calls, the largest one seen, which tonic's decoder keeps as buffer capacity), replies not
+/// yet handed to the connection, and each call's own cost ([`call_cost`]). One per connection, each drawing on one for the whole server.
 ///
 /// A call that would go over fails at once with RESOURCE_EXHAUSTED and drops what it held:
 /// waiting instead could deadlock a connection whose flow-control window the waiting streams

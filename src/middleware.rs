@@ -24,6 +24,7 @@ use tonic::{Code, Status};
 use tower::{Layer, Service};
 
 use crate::connection::ConnectionState;
+use crate::limits;
 use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter, takes_one_request};
 use tracing::{debug, warn};
 
@@ -133,13 +134,17 @@ where
                 restart: true,
             }),
         });
-        let call = CallLog::start(
+        let mut call = CallLog::start(
             request.uri(),
             self.in_flight.clone(),
             metrics,
             self.connection.clone(),
             gone,
         );
+        if let Err(status) = call.charge(one_message) {
+            call.finish(&status);
+            return Box::pin(async move { Ok(status_response(&status)) });
+        }
 
         if !is_grpc(request.headers()) {
             let status = Status::invalid_argument(format!(
@@ -215,6 +220,8 @@ struct CallLog {
     reply_held: usize,
     /// Raised if the client reset the call or dropped its connection.
     gone: ClientGone,
+    /// What the call itself costs, held in the connection's budget while it runs.
+    charged: usize,
 }
 
 impl CallLog {
@@ -239,7 +246,20 @@ impl CallLog {
             connection,
             reply_held: 0,
             gone,
+            charged: 0,
         }
+    }
+
+    /// Holds what the call costs besides its messages in the connection's budget (see
+    /// [`limits::call_cost`]), so the budgets bound thousands of quiet calls as they bound a few
+    /// large ones.
+    fn charge(&mut self, one_message: bool) -> Result<(), Status> {
+        if let Some(connection) = &self.connection {
+            let cost = limits::call_cost(one_message);
+            connection.buffered.take(cost)?;
+            self.charged = cost;
+        }
+        Ok(())
     }
 
     /// Holds `bytes` of reply in the connection's budget until [`Self::release_reply`]: a client
@@ -313,6 +333,9 @@ impl CallLog {
 impl Drop for CallLog {
     fn drop(&mut self) {
         self.release_reply();
+        if let Some(connection) = &self.connection {
+            connection.buffered.give_back(self.charged);
+        }
         self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
             if let Some(metrics) = &self.metrics {

@@ -3,6 +3,7 @@
 //! largest allowed size and then stalling, took server RSS from 13 to about 210 MiB and kept it
 //! there (256 streams: about 1 GiB per connection).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -106,4 +107,192 @@ fn stalled_near_limit_messages_leave_memory_bounded() {
         );
         assert_serves_normally(server.addrs[0]).await;
     });
+}
+
+/// One-byte DATA frames each crowding connection sends after its streams are open: what h2's
+/// own budget for small frames lets a connection make the server queue, and then some (h2
+/// answers more with GOAWAY).
+const TINY_FRAMES: usize = 9_000;
+
+/// `deploy/kubernetes/deployment.yaml`: the server's `FORMATDATA_*` variables, and the pod's
+/// memory limit in KiB.
+struct Deployment {
+    env: Vec<(String, String)>,
+    memory_limit_kib: u64,
+}
+
+impl Deployment {
+    fn read() -> Self {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/kubernetes/deployment.yaml"
+        );
+        let yaml = std::fs::read_to_string(path).expect("the deployment manifest");
+        let mut env = Vec::new();
+        let mut lines = yaml.lines().map(str::trim);
+        let mut memory_limit_kib = None;
+        let mut in_limits = false;
+        while let Some(line) = lines.next() {
+            if let Some(name) = line.strip_prefix("- name: FORMATDATA_") {
+                let value = lines.next().and_then(|next| next.strip_prefix("value: "));
+                let value = value
+                    .expect("a value line after each name")
+                    .trim_matches('"');
+                env.push((format!("FORMATDATA_{name}"), value.to_owned()));
+            }
+            in_limits = match line {
+                "limits:" => true,
+                "requests:" => false,
+                _ => in_limits,
+            };
+            if in_limits && let Some(memory) = line.strip_prefix("memory: ") {
+                let mebibytes: u64 = memory
+                    .strip_suffix("Mi")
+                    .expect("memory in Mi")
+                    .parse()
+                    .unwrap();
+                memory_limit_kib = Some(mebibytes * 1024);
+            }
+        }
+        Self {
+            env,
+            memory_limit_kib: memory_limit_kib.expect("a memory limit"),
+        }
+    }
+
+    fn value(&self, name: &str) -> usize {
+        let (_, value) = self
+            .env
+            .iter()
+            .find(|(key, _)| key == name)
+            .unwrap_or_else(|| panic!("the deployment sets {name}"));
+        value.parse().expect("a number")
+    }
+}
+
+/// A connection that costs the server all it can without sending a large message: as many
+/// streams as it may open, each with a message answered (so tonic's stream buffers exist), and
+/// then a queue of tiny frames the server stops reading once its replies fill this client's
+/// window. Returns what must stay alive for the cost to stay.
+async fn crowd(addr: SocketAddr) -> impl Sized {
+    let (mut client, task) = raw::connect_with_task(addr).await;
+    let mut streams = Vec::new();
+    while streams.len() < client.current_max_send_streams().max(1) {
+        let Ok(ready) = client.clone().ready().await else {
+            break;
+        };
+        client = ready;
+        let Ok((response, mut send)) = raw::try_start_call(&mut client, raw::DO_FORMAT_STREAM, &[])
+        else {
+            break;
+        };
+        // Refused once the budgets are spent: that is the defence, and it frees the stream.
+        let _ = send.send_data(raw::frame(false, &raw::data_message(&[b'x'; 1000])), false);
+        streams.push((response, send));
+    }
+    let count = streams.len();
+    for frame in 0..TINY_FRAMES {
+        let (_, send) = &mut streams[frame % count];
+        let _ = send.send_data(bytes::Bytes::from_static(b"\0"), false);
+        if frame % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    (client, task, streams)
+}
+
+/// Stalled messages of the largest size on new connections, as many as the budgets take and one
+/// connection more. Returns what must stay alive.
+async fn fill_budgets(addr: SocketAddr, per_connection: usize, total: usize) -> impl Sized {
+    let mut attack = BytesMut::with_capacity(5 + DECLARED - 1);
+    attack.put_u8(0);
+    attack.put_u32(DECLARED as u32);
+    attack.put_bytes(b'a', DECLARED - 1);
+    let attack = attack.freeze();
+    let mut held = Vec::new();
+    for _ in 0..total / per_connection + 1 {
+        let (mut client, task) = raw::connect_with_task(addr).await;
+        let mut streams = JoinSet::new();
+        for _ in 0..per_connection / DECLARED + 1 {
+            client = client.ready().await.expect("the connection takes streams");
+            let (response, mut send) = raw::start_call(&mut client, raw::DO_FORMAT, &[]);
+            let attack = attack.clone();
+            streams.spawn(async move {
+                let _ = raw::send_in_frames(&mut send, attack, 16 * 1024).await;
+                (response, send)
+            });
+        }
+        let streams = tokio::time::timeout(SEND_LIMIT, streams.join_all())
+            .await
+            .expect("the budget attack's bytes sent or refused in time");
+        held.push((client, task, streams));
+    }
+    held
+}
+
+/// An attack at the budgets `deploy/kubernetes` configures must not take the pod past its
+/// memory limit. Tried at full scale, both ways round: every connection the deployment allows
+/// crowded with calls and tiny frames, then the budgets filled with stalled messages; and the
+/// budgets filled first, then every other connection crowded.
+#[test]
+fn the_deployments_memory_limit_holds_under_an_attack_at_its_budgets() {
+    let _serial = serial();
+    let deployment = Deployment::read();
+    let max_connections = deployment.value("FORMATDATA_MAX_CONNECTIONS");
+    let total = deployment.value("FORMATDATA_MAX_BUFFERED_BYTES");
+    let per_connection = deployment.value("FORMATDATA_MAX_BUFFERED_BYTES_PER_CONNECTION");
+    let budget_connections = total / per_connection + 1;
+    let mut env: Vec<(&str, &str)> = deployment
+        .env
+        .iter()
+        .filter(|(name, _)| name != "FORMATDATA_ADDR" && name != "FORMATDATA_METRICS_ADDR")
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    // Long enough that nothing the attack holds is let go while it is measured.
+    env.push(("FORMATDATA_STALL_TIMEOUT", "60"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    for crowd_first in [true, false] {
+        let server = ServerProcess::start_with_env(&["--addr", "127.0.0.1:0"], &env);
+        let addr = server.addrs[0];
+        let idle = rss_kib(&server);
+        runtime.block_on(async {
+            let crowd_all = async {
+                let mut crowds = Vec::new();
+                for _ in 0..max_connections - budget_connections {
+                    crowds.push(crowd(addr).await);
+                }
+                crowds
+            };
+            let (crowds, budgets) = match crowd_first {
+                true => {
+                    let crowds = crowd_all.await;
+                    (crowds, fill_budgets(addr, per_connection, total).await)
+                }
+                false => {
+                    let budgets = fill_budgets(addr, per_connection, total).await;
+                    (crowd_all.await, budgets)
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let peak = peak_rss_kib(&server);
+            eprintln!(
+                "{} first: {max_connections} connections at the deployment's budgets: idle \
+                 {idle} KiB, peak {peak} KiB, limit {} KiB",
+                if crowd_first {
+                    "calls"
+                } else {
+                    "stalled messages"
+                },
+                deployment.memory_limit_kib
+            );
+            assert!(
+                peak <= deployment.memory_limit_kib,
+                "an attack at the deployment's budgets reached {peak} KiB, over its {} KiB \
+                 limit",
+                deployment.memory_limit_kib
+            );
+            drop((crowds, budgets));
+        });
+    }
 }
