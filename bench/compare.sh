@@ -36,9 +36,12 @@ trap cleanup EXIT
 echo "building (release)..." >&2
 cargo build --release --quiet --bins
 cargo build --release --quiet --manifest-path bench/baseline-tonic/Cargo.toml
-if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-.venv/bin/python -m grpc_tools.protoc -Iproto --python_out="$work" --grpc_python_out="$work" data.proto
+# The virtual environment the interop tests set up (tests/support/src/env.rs), made here if the
+# tests have not run yet.
+python=target/test-env/python/bin/python
+[ -x "$python" ] || python3 -m venv target/test-env/python
+"$python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+"$python" -m grpc_tools.protoc -Iproto --python_out="$work" --grpc_python_out="$work" data.proto
 client=target/release/client
 
 # The request h2load sends: one gRPC frame holding example.Data{text: "hello,world!"}.
@@ -52,7 +55,7 @@ start() {
   case $1 in
     formatdata) taskset -c "$2" target/release/server --addr "127.0.0.1:$port" 2>/dev/null & ;;
     tonic) taskset -c "$2" bench/baseline-tonic/target/release/baseline-tonic "127.0.0.1:$port" >/dev/null & ;;
-    python) PYTHONPATH="$work" taskset -c "$2" .venv/bin/python tests/python/tutorial_server.py "127.0.0.1:$port" >/dev/null & ;;
+    python) PYTHONPATH="$work" taskset -c "$2" "$python" tests/python/tutorial_server.py "127.0.0.1:$port" >/dev/null & ;;
   esac
   server_pid=$!
   for _ in $(seq 100); do

@@ -1,66 +1,33 @@
 //! gRPC-Web and the playground: a third-party gRPC-Web client (Connect's, from npm) and a real
-//! browser (Debian's Chromium, driven by Playwright) against the server binary; CORS and the
-//! flags that turn gRPC-Web and the page on and off, over raw HTTP/1.1.
+//! browser (Chromium, driven by Playwright) against the server binary; CORS and the flags that
+//! turn gRPC-Web and the page on and off, over raw HTTP/1.1.
 //!
-//! Node is found through `FORMATDATA_NODE`, else `node`; its packages in `tests/web/node_modules`
-//! (`npm ci --prefix tests/web`); Chromium through `CHROMIUM`, else `/usr/bin/chromium`. Without
-//! Node the browser-side tests skip, saying so; with Node but without the packages or Chromium
-//! they fail, saying what to install (and with `FORMATDATA_REQUIRE_NODE` set, as CI sets it, a
-//! missing Node fails them too).
+//! Node.js and the packages of `tests/web` come from `formatdata_test_support::env`, which
+//! installs the packages on first use; without Node.js, or (for the browser test) without
+//! Chromium, the tests skip, saying so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use formatdata_test_support::env::{self, Node};
 use nix::sys::signal::Signal;
 
 use crate::helpers::{ServerProcess, spawn_app_with, stderr, stdout};
 use crate::raw::http1;
 
-const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
-
-/// Node.js with the packages of `tests/web`.
-struct Node {
-    program: PathBuf,
+/// Runs `tests/web/<script>` with `args`.
+fn run(node: &Node, script: &str, args: &[&str]) -> Output {
+    script_command(node, script)
+        .args(args)
+        .output()
+        .expect("run node")
 }
 
-impl Node {
-    /// `None` (after saying why) when this machine has no Node.js at all.
-    fn find() -> Option<Self> {
-        let program = PathBuf::from(std::env::var_os("FORMATDATA_NODE").unwrap_or("node".into()));
-        let works = Command::new(&program)
-            .arg("--version")
-            .output()
-            .is_ok_and(|output| output.status.success());
-        if !works {
-            // CI has Node.js: there, a missing one is a broken setup, not a reason to skip.
-            assert!(
-                std::env::var_os("FORMATDATA_REQUIRE_NODE").is_none(),
-                "FORMATDATA_REQUIRE_NODE is set, but {} does not run",
-                program.display()
-            );
-            eprintln!(
-                "SKIPPED: no Node.js found (set FORMATDATA_NODE); the gRPC-Web client and browser \
-                 tests did not run"
-            );
-            return None;
-        }
-        let packages = Path::new(CRATE_DIR).join("tests/web/node_modules");
-        assert!(
-            packages.join("@connectrpc/connect-node").is_dir()
-                && packages.join("playwright-core").is_dir(),
-            "the test packages are missing: run `npm ci --prefix tests/web`"
-        );
-        Some(Self { program })
-    }
-
-    fn run(&self, script: &str, args: &[&str]) -> Output {
-        Command::new(&self.program)
-            .arg(Path::new(CRATE_DIR).join("tests/web").join(script))
-            .args(args)
-            .output()
-            .expect("run node")
-    }
+fn script_command(node: &Node, script: &str) -> Command {
+    let mut command = Command::new(&node.program);
+    command.arg(node.dir.join(script));
+    command
 }
 
 /// `formatdata::pb::FILE_DESCRIPTOR_SET` in a file, for clients that describe the service at run
@@ -73,14 +40,22 @@ fn descriptor_set_file() -> tempfile::NamedTempFile {
 
 #[test]
 fn a_third_party_grpc_web_client_gets_hello_world_over_http1_and_http2() {
-    let Some(node) = Node::find() else { return };
+    let Some(node) = env::node() else { return };
     // Default flags on loopback: gRPC-Web is on.
     let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
     let descriptors = descriptor_set_file();
     let descriptors = descriptors.path().to_str().unwrap();
 
-    let http1 = node.run("grpc_web_client.mjs", &[&server.addr(), descriptors, "1.1"]);
-    let http2 = node.run("grpc_web_client.mjs", &[&server.addr(), descriptors, "2"]);
+    let http1 = run(
+        node,
+        "grpc_web_client.mjs",
+        &[&server.addr(), descriptors, "1.1"],
+    );
+    let http2 = run(
+        node,
+        "grpc_web_client.mjs",
+        &[&server.addr(), descriptors, "2"],
+    );
 
     assert_eq!(
         stdout(&http1),
@@ -98,19 +73,21 @@ fn a_third_party_grpc_web_client_gets_hello_world_over_http1_and_http2() {
 
 #[test]
 fn the_playground_uppercases_what_is_typed_in_a_real_browser() {
-    let Some(node) = Node::find() else { return };
-    let chromium = std::env::var("CHROMIUM").unwrap_or("/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "no Chromium at {chromium}: install Debian's `chromium` package or set CHROMIUM"
-    );
+    let Some(node) = env::node() else { return };
+    let Some(chromium) = env::chromium() else {
+        return;
+    };
     // A small message limit, so the page can be shown a refused call too.
     let server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--max-message-bytes", "64"]);
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("playground.png");
     let _ = std::fs::remove_file(&screenshot);
 
     let url = format!("http://{}/", server.addr());
-    let output = node.run("playground.mjs", &[&url, screenshot.to_str().unwrap()]);
+    let output = script_command(node, "playground.mjs")
+        .args([url.as_str(), screenshot.to_str().unwrap()])
+        .env("CHROMIUM", chromium)
+        .output()
+        .expect("run node");
 
     assert!(output.status.success(), "{}", stderr(&output));
     let seen: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();

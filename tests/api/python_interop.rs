@@ -2,14 +2,14 @@
 //! (`tests/python/`), talking to our binaries in both directions.
 //!
 //! The Python stubs are generated at test time with grpcio-tools into a temporary folder, from the
-//! same `proto/` the Rust build uses. Python is found through `FORMATDATA_PYTHON`, else
-//! `.venv/bin/python` in the crate (what `.ci/run` and the README set up), else `python3`.
-//! Without any Python the tests skip, saying so; a Python without grpcio fails them.
+//! same `proto/` the Rust build uses. Python and grpcio come from `formatdata_test_support::env`,
+//! which sets them up on first use; without any Python the tests skip, saying so.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use formatdata_test_support::env;
 use tempfile::TempDir;
 
 use crate::helpers::{Certificates, ServerProcess, forward_lines, run_client, stderr, stdout};
@@ -25,19 +25,7 @@ struct Python {
 impl Python {
     /// `None` (after saying why) when this machine has no Python at all.
     fn find() -> Option<Self> {
-        let interpreter = candidates().into_iter().find(|python| {
-            Command::new(python)
-                .arg("--version")
-                .output()
-                .is_ok_and(|output| output.status.success())
-        });
-        let Some(interpreter) = interpreter else {
-            eprintln!(
-                "SKIPPED: no Python found (set FORMATDATA_PYTHON, or create .venv as the README \
-                 says); the grpcio interop tests did not run"
-            );
-            return None;
-        };
+        let interpreter = env::python()?.interpreter.clone();
 
         let stubs = TempDir::new().unwrap();
         let generated = Command::new(&interpreter)
@@ -52,8 +40,7 @@ impl Python {
             .unwrap();
         assert!(
             generated.status.success(),
-            "{} cannot generate the grpcio stubs; install the test requirements with \
-             `{0} -m pip install -r tests/python/requirements.txt`:\n{}",
+            "{} cannot generate the grpcio stubs (is grpcio-tools installed?):\n{}",
             interpreter.display(),
             stderr(&generated)
         );
@@ -76,16 +63,6 @@ impl Python {
     fn run(&self, script: &str, args: &[&str]) -> Output {
         self.script(script).args(args).output().unwrap()
     }
-}
-
-fn candidates() -> Vec<PathBuf> {
-    let mut candidates = Vec::new();
-    if let Some(python) = std::env::var_os("FORMATDATA_PYTHON") {
-        candidates.push(PathBuf::from(python));
-    }
-    candidates.push(Path::new(CRATE_DIR).join(".venv/bin/python"));
-    candidates.push(PathBuf::from("python3"));
-    candidates
 }
 
 #[test]

@@ -5,7 +5,7 @@
 // Types into the page as a person would, streams its sample lines with the keyboard, and makes a
 // call fail (the server under test is started with a small --max-message-bytes). Prints what the
 // page showed as one JSON object for the Rust test to check, and saves a screenshot of the page
-// as a person would see it. Chromium comes from CHROMIUM, else /usr/bin/chromium.
+// as a person would see it. Chromium comes from CHROMIUM (the test finds it), else /usr/bin/chromium.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
