@@ -4,7 +4,7 @@
 # The build needs no protoc (build.rs uses protox) and no cmake or nasm: a C compiler for ring,
 # zstd and mimalloc, which the rust image has.
 
-FROM rust:1.88-bookworm AS build
+FROM rust:1.89-bookworm AS build
 WORKDIR /src
 # Dependencies first, so code changes do not refetch the registry.
 COPY Cargo.toml Cargo.lock ./
@@ -12,6 +12,8 @@ COPY build.rs ./
 COPY proto proto
 COPY src src
 COPY benches benches
+# The test-support crate is a workspace member: cargo reads its manifest even to build the bins.
+COPY tests/support tests/support
 RUN cargo build --release --locked --bins
 
 # distroless "cc": glibc and libgcc (for the C parts), no shell, no package manager; "nonroot"
