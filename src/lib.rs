@@ -32,26 +32,15 @@
 //!
 //! The binaries in `src/bin/` only parse flags, set up logging and call into these modules.
 
-pub mod auth;
-pub mod balance;
-pub mod bench;
+pub mod cli;
 pub mod client;
-pub mod codec;
-pub mod config;
-pub mod connection;
-pub mod fast_path;
-pub mod http2;
-pub mod limits;
-pub mod metrics;
-pub mod middleware;
+pub mod grpc;
 pub mod runtime;
 pub mod server;
 pub mod service;
-pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod uppercase;
-pub mod web;
 
 /// Code generated from `proto/data.proto` (package `example`).
 pub mod pb {

@@ -46,7 +46,7 @@ impl FormatData for FormatDataService {
     }
 }
 
-/// What `DoFormat` does to one message; shared with [`crate::fast_path`].
+/// What `DoFormat` does to one message; shared with [`crate::server::fast_path`].
 ///
 /// The reply is held to the size limit uncompressed, as the request is, on every path: tonic
 /// would check the reply after compressing it, so a reply over the limit would pass or fail

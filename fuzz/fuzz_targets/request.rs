@@ -14,8 +14,8 @@ use std::convert::Infallible;
 
 use bytes::{Buf, Bytes};
 use clap::Parser;
-use formatdata::config::ServerArgs;
-use formatdata::middleware::CallsLayer;
+use formatdata::cli::ServerArgs;
+use formatdata::server::call::CallsLayer;
 use formatdata::pb::Data;
 use formatdata::server::{self, ServerConfig};
 use formatdata::uppercase::uppercase;

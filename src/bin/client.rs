@@ -9,9 +9,10 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use formatdata::cli::{ClientArgs, ClientCommand, LogFormat};
+use formatdata::client::bench;
 use formatdata::client::{Client, ClientError};
-use formatdata::config::{ClientArgs, ClientCommand, LogFormat};
-use formatdata::{bench, runtime, telemetry};
+use formatdata::{runtime, telemetry};
 use tokio::io::{BufReader, BufWriter};
 
 fn main() -> ExitCode {

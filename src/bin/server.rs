@@ -9,9 +9,10 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use formatdata::config::ServerArgs;
+use formatdata::cli::ServerArgs;
+use formatdata::server::shutdown;
 use formatdata::server::{self, Listeners, ServerConfig};
-use formatdata::{runtime, shutdown, telemetry};
+use formatdata::{runtime, telemetry};
 
 fn main() -> ExitCode {
     let args = ServerArgs::from_env();

@@ -2,8 +2,8 @@
 //! configured exactly as the `client` binary configures it from flags.
 
 use clap::Parser;
+use formatdata::cli::{ClientArgs, ServerArgs};
 use formatdata::client::{Client, ClientError};
-use formatdata::config::{ClientArgs, ServerArgs};
 use formatdata::server::ServerConfig;
 use tonic::Code;
 

@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use formatdata::cli::ClientArgs;
 use formatdata::client::{Client, ClientError};
-use formatdata::config::ClientArgs;
 use formatdata::pb::Data;
 use formatdata::pb::format_data_server::{FormatData, FormatDataServer};
 use tokio::runtime::Runtime;

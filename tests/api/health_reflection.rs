@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use formatdata::cli::ClientArgs;
 use formatdata::client::Client;
-use formatdata::config::ClientArgs;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;

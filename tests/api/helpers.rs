@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use std::path::Path;
 
 use clap::Parser;
-use formatdata::config::ServerArgs;
+use formatdata::cli::ServerArgs;
 use formatdata::pb::format_data_client::FormatDataClient;
 use formatdata::server::{self, Listeners, ServeError, ServerConfig};
 use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair};

@@ -1,6 +1,6 @@
 //! Binding and stopping the server through the library API.
 
-use formatdata::config::HostPort;
+use formatdata::cli::HostPort;
 use formatdata::pb::Data;
 use formatdata::server::{BindError, Listeners};
 

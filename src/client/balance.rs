@@ -35,7 +35,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tower::{Service, ServiceExt};
 use tracing::{debug, info, warn};
 
-use crate::config::{HostPort, Target};
+use crate::cli::{HostPort, Target};
 
 /// How often a server taken out is asked for its health: how soon one that came back gets calls.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);

@@ -3,7 +3,7 @@
 //!
 //! A server that faces the network must bound what each peer can take. Here: a peer gets
 //! `--handshake-timeout` to finish TLS and start speaking (a connection that opens and says
-//! nothing is dropped, not kept forever); HTTP/2 peers are served by [`crate::http2`], with
+//! nothing is dropped, not kept forever); HTTP/2 peers are served by [`crate::server::http2`], with
 //! keepalive pings, a stream limit, flow-control windows, and GOAWAY ENHANCE_YOUR_CALM for a
 //! client that cancels calls by the thousand (the "rapid reset" attack); HTTP/1.1 peers (for
 //! gRPC-Web and the playground) by hyper, with a deadline on each request head. On either, a
@@ -29,9 +29,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
-use crate::http2::{self, Http2Error, Http2Settings};
-use crate::limits::ByteBudget;
-use crate::web::Fronts;
+use crate::server::front::Fronts;
+use crate::server::http2::{self, Http2Error, Http2Settings};
+use crate::server::listen::ByteBudget;
 
 /// Every HTTP/2 connection starts with these 24 bytes from the client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

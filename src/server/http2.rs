@@ -26,7 +26,7 @@ use tonic::body::Body;
 use tower::{Service, ServiceExt};
 use tracing::{debug, warn};
 
-use crate::connection::{ConnectionState, Idle};
+use crate::server::connection::{ConnectionState, Idle};
 
 /// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
 /// has read. The protocol's default, as grpc-go uses.
@@ -142,7 +142,7 @@ where
                 warn!(
                     peer = ?state.peer,
                     "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client cancelled {}",
-                    crate::connection::CANCEL_BUDGET_DESCRIPTION
+                    crate::server::connection::CANCEL_BUDGET_DESCRIPTION
                 );
                 return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
             }

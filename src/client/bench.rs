@@ -18,9 +18,9 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::cli::{BenchArgs, ClientArgs, DEFAULT_TEXT, HostPort};
 use crate::client::{Client, ClientError, code_name, no_reply_within};
-use crate::codec;
-use crate::config::{BenchArgs, ClientArgs, DEFAULT_TEXT, HostPort};
+use crate::grpc::framing;
 use crate::pb::Data;
 use crate::uppercase::uppercase;
 
@@ -413,7 +413,7 @@ impl RawUnary {
 
 /// A gRPC frame holding `Data { text }`.
 fn framed(text: &str) -> Bytes {
-    codec::frame(&Data {
+    framing::frame(&Data {
         text: text.to_owned(),
     })
 }

@@ -23,9 +23,9 @@ use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
-use crate::connection::ConnectionState;
-use crate::middleware::{ClientGone, is_grpc, status_response};
 use crate::server::CallStack;
+use crate::server::call::{ClientGone, is_grpc, status_response};
+use crate::server::connection::ConnectionState;
 
 /// How long a browser may cache a CORS preflight answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);

@@ -2,6 +2,9 @@
 //! retries, TLS, a bearer token and compression, turning every failure into an error that names
 //! the server or the gRPC status, ready for a one-line message.
 
+pub mod balance;
+pub mod bench;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +26,8 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::balance::{Address, Balancer, Connector, Unreachable, root_cause};
-use crate::config::{ClientArgs, Compression, HostPort};
+use crate::cli::{ClientArgs, Compression, HostPort};
+use crate::client::balance::{Address, Balancer, Connector, Unreachable, root_cause};
 use crate::pb::Data;
 use crate::pb::format_data_client::FormatDataClient;
 use crate::tls::{self, TlsError};

@@ -21,9 +21,9 @@ use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
 
-use crate::codec;
-use crate::middleware::{more_than_one_message, set_status_headers};
+use crate::grpc::framing;
 use crate::pb::Data;
+use crate::server::call::{more_than_one_message, set_status_headers};
 use crate::service;
 
 /// The one method this route serves.
@@ -99,7 +99,7 @@ where
     let reply = read_message(body, limit)
         .await
         .and_then(|message| service::format(message, limit))
-        .map(|reply| codec::frame(&reply));
+        .map(|reply| framing::frame(&reply));
     let mut response = Response::new(Body::default());
     response
         .headers_mut()

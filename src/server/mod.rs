@@ -5,6 +5,16 @@
 //! addresses, port 0 included, before the first connection arrives, and so that "address in use"
 //! is reported before anything is served.
 
+pub mod auth;
+pub mod call;
+pub mod connection;
+pub mod fast_path;
+pub mod front;
+pub mod http2;
+pub mod listen;
+pub mod metrics;
+pub mod shutdown;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -23,20 +33,20 @@ use tonic_health::server::HealthReporter;
 use tower::Layer;
 use tracing::{error, info, warn};
 
-use crate::auth::RequireBearer;
-use crate::config::{HostPort, ServerArgs};
-use crate::connection::ConnectionSettings;
-use crate::fast_path::FastPath;
-use crate::http2::Http2Settings;
-use crate::limits::{Acceptor, ByteBudget, DescriptorLimit};
-use crate::metrics::GrpcMetrics;
-use crate::middleware::{Calls, CallsLayer, InFlight};
+use crate::cli::{HostPort, ServerArgs};
 use crate::pb;
 use crate::pb::format_data_server::FormatDataServer;
 use crate::runtime;
+use crate::server::auth::RequireBearer;
+use crate::server::call::{Calls, CallsLayer, InFlight};
+use crate::server::connection::ConnectionSettings;
+use crate::server::fast_path::FastPath;
+use crate::server::front::{Fronts, WebSettings};
+use crate::server::http2::Http2Settings;
+use crate::server::listen::{Acceptor, ByteBudget, DescriptorLimit};
+use crate::server::metrics::GrpcMetrics;
 use crate::service::FormatDataService;
 use crate::tls::{self, TlsError};
-use crate::web::{Fronts, WebSettings};
 
 /// How many times to retry when port 0 was asked for on a name with several addresses and the
 /// free port picked on the first address is taken on another one.
@@ -408,7 +418,7 @@ async fn serve_metrics(
     let local = listener.local_addr().map_err(error)?;
     let metrics = GrpcMetrics::new();
     info!("serving Prometheus metrics on http://{local}/metrics");
-    let endpoint = tokio::spawn(crate::metrics::serve(
+    let endpoint = tokio::spawn(crate::server::metrics::serve(
         listener,
         metrics.clone(),
         head_timeout,

@@ -23,9 +23,9 @@ use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use crate::connection::ConnectionState;
-use crate::limits;
-use crate::metrics::{CallMetrics, GrpcMetrics, MessageCounter, takes_one_request};
+use crate::server::connection::ConnectionState;
+use crate::server::listen;
+use crate::server::metrics::{CallMetrics, GrpcMetrics, MessageCounter, takes_one_request};
 use tracing::{debug, warn};
 
 /// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
@@ -255,7 +255,7 @@ impl CallLog {
     /// large ones.
     fn charge(&mut self, one_message: bool) -> Result<(), Status> {
         if let Some(connection) = &self.connection {
-            let cost = limits::call_cost(one_message);
+            let cost = listen::call_cost(one_message);
             connection.buffered.take(cost)?;
             self.charged = cost;
         }

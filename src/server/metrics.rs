@@ -2,7 +2,7 @@
 //! dashboards expect, plus the process's own (CPU, memory, file descriptors). Off unless
 //! `--metrics-addr` is given; then served as text at `http://ADDR/metrics`.
 //!
-//! [`crate::middleware`] records each call; this module owns the registry and the endpoint.
+//! [`crate::server::call`] records each call; this module owns the registry and the endpoint.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tracing::debug;
 
-use crate::limits::{Acceptor, MAX_METRICS_CONNECTIONS};
+use crate::server::listen::{Acceptor, MAX_METRICS_CONNECTIONS};
 
 /// Whether the method at `path` takes exactly one request message (unary and server-streaming
 /// methods); `false` for unknown paths, which the router refuses anyway.

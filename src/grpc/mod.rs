@@ -1,0 +1,3 @@
+//! The gRPC wire rules both sides follow.
+
+pub mod framing;
