@@ -1,34 +1,27 @@
-//! Command-line flags of the two binaries, each also readable from a `FORMATDATA_*` variable.
-//!
-//! Both binaries share [`HostPort`] and [`DEFAULT_ADDR`], so the server and its client agree on
-//! where to meet without either spelling it out.
+//! The command lines of the two binaries, each flag also readable from a `FORMATDATA_*`
+//! variable, and their translation into the library's settings ([`ServerConfig`],
+//! [`ClientConfig`], [`BenchConfig`]). The one place clap appears: the library takes plain
+//! settings, whose defaults `--help` shows.
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tonic::codec::CompressionEncoding;
 
-/// Where the server listens and the client calls unless told otherwise: the tutorial's address.
-pub const DEFAULT_ADDR: &str = "localhost:8080";
-
-/// What the client sends when given no text: the tutorial's greeting.
-pub const DEFAULT_TEXT: &str = "hello,world!";
-
-/// Largest request or reply the server accepts by default: gRPC's customary 4 MiB.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-
-/// Bytes all calls in progress may hold by default: 64 connections' worth of stalled
-/// near-limit messages, a small share of a pod's memory (see deploy/kubernetes).
-pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
-
-/// Bytes the calls of one connection may hold by default: eight messages at the default limit.
-pub const DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION: usize = 32 * 1024 * 1024;
+use crate::addr::{DEFAULT_ADDR, HostPort, Target};
+use crate::client::bench::{BenchConfig, ascii_payload};
+use crate::client::{ClientConfig, ClientTls, DEFAULT_TEXT};
+use crate::server::{ServerConfig, TlsFiles};
+use crate::telemetry::LogFormat;
 
 /// Where a bearer token comes from. Only the environment, never a flag: command lines are
 /// visible to every user of the machine through `ps`.
 pub const AUTH_TOKEN_ENV: &str = "FORMATDATA_AUTH_TOKEN";
+
+/// The server's defaults, which `--help` shows.
+const SERVER: ServerConfig = ServerConfig::DEFAULT;
 
 /// Serves `example.FormatData` over gRPC: replies with the text it is sent, uppercased.
 ///
@@ -48,8 +41,9 @@ pub struct ServerArgs {
 
     /// Seconds that calls in progress get to finish after SIGINT or SIGTERM; the rest are then
     /// cancelled.
-    #[arg(long, env = "FORMATDATA_SHUTDOWN_GRACE", default_value = "10", value_parser = parse_seconds)]
-    pub shutdown_grace: Duration,
+    #[arg(long, env = "FORMATDATA_SHUTDOWN_GRACE", default_value_t = Seconds(SERVER.shutdown_grace),
+          value_parser = Seconds::parse)]
+    pub shutdown_grace: Seconds,
 
     /// PEM certificate chain to serve TLS with (needs --tls-key).
     #[arg(long, env = "FORMATDATA_TLS_CERT", requires = "tls_key")]
@@ -63,25 +57,29 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
-    /// Largest request and reply, in bytes; larger ones fail with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "FORMATDATA_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    /// Largest request and reply, in bytes, uncompressed; larger ones fail with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FORMATDATA_MAX_MESSAGE_BYTES", default_value_t = SERVER.max_message_bytes)]
     pub max_message_bytes: usize,
 
     /// Most calls in flight on one HTTP/2 connection.
-    #[arg(long, env = "FORMATDATA_MAX_CONCURRENT_STREAMS", default_value_t = 256,
+    #[arg(long, env = "FORMATDATA_MAX_CONCURRENT_STREAMS",
+          default_value_t = SERVER.max_concurrent_streams,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
 
     /// Seconds between HTTP/2 keepalive pings; a peer that leaves one unanswered for as long
     /// (20 s at most) is dropped. 0 turns pings off.
-    #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS", default_value_t = 60)]
-    pub keepalive_secs: u64,
+    #[arg(long, env = "FORMATDATA_KEEPALIVE_SECS",
+          default_value_t = Seconds(SERVER.keepalive.expect("on by default")),
+          value_parser = Seconds::parse)]
+    pub keepalive_secs: Seconds,
 
     /// Seconds a new connection gets to finish the TLS handshake and send the HTTP/2 preface;
     /// a peer that connects and stays silent is dropped after it.
-    #[arg(long, env = "FORMATDATA_HANDSHAKE_TIMEOUT", default_value = "10",
-          value_parser = parse_positive_seconds)]
-    pub handshake_timeout: Duration,
+    #[arg(long, env = "FORMATDATA_HANDSHAKE_TIMEOUT",
+          default_value_t = Seconds(SERVER.handshake_timeout), value_parser = Seconds::parse_positive)]
+    pub handshake_timeout: Seconds,
 
     /// Most connections served at once; more wait in the kernel's backlog until one closes
     /// [default: what the open-file limit allows, at most 10000].
@@ -91,23 +89,25 @@ pub struct ServerArgs {
 
     /// Seconds a request may stop in the middle of a message (or an HTTP/1.1 request head may
     /// take) before the call ends with DEADLINE_EXCEEDED (the connection, for a head).
-    #[arg(long, env = "FORMATDATA_STALL_TIMEOUT", default_value = "20",
-          value_parser = parse_positive_seconds)]
-    pub stall_timeout: Duration,
+    #[arg(long, env = "FORMATDATA_STALL_TIMEOUT", default_value_t = Seconds(SERVER.stall_timeout),
+          value_parser = Seconds::parse_positive)]
+    pub stall_timeout: Seconds,
 
     /// Seconds a connection may go without any of its calls making progress before it is
     /// closed (pings do not count). 0 keeps idle connections open.
-    #[arg(long, env = "FORMATDATA_IDLE_TIMEOUT", default_value = "300", value_parser = parse_seconds)]
-    pub idle_timeout: Duration,
+    #[arg(long, env = "FORMATDATA_IDLE_TIMEOUT",
+          default_value_t = Seconds(SERVER.idle_timeout.expect("on by default")),
+          value_parser = Seconds::parse)]
+    pub idle_timeout: Seconds,
 
-    /// Bytes the server holds for calls in progress (unfinished requests, replies not yet sent),
-    /// in all; a call that would go over fails with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES", default_value_t = DEFAULT_MAX_BUFFERED_BYTES)]
+    /// Bytes the server holds for calls in progress (unfinished requests, replies not yet sent,
+    /// each call's own cost), in all; a call that would go over fails with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES", default_value_t = SERVER.max_buffered_bytes)]
     pub max_buffered_bytes: usize,
 
     /// The same, for the calls of one connection.
     #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES_PER_CONNECTION",
-          default_value_t = DEFAULT_MAX_BUFFERED_BYTES_PER_CONNECTION)]
+          default_value_t = SERVER.max_buffered_bytes_per_connection)]
     pub max_buffered_bytes_per_connection: usize,
 
     /// Serve Prometheus metrics (go-grpc-prometheus names, plus process metrics) at
@@ -121,7 +121,7 @@ pub struct ServerArgs {
           value_name = "BOOL", value_parser = clap::builder::BoolishValueParser::new())]
     pub grpc_web: Option<bool>,
 
-    /// An origin (scheme://host[:port]) whose pages may call the server with gRPC-Web (CORS);
+    /// An origin (`scheme://host[:port]`) whose pages may call the server with gRPC-Web (CORS);
     /// repeat or separate with commas for several. None by default: same-origin pages only.
     #[arg(long = "cors-origin", env = "FORMATDATA_CORS_ORIGINS", value_delimiter = ',',
           value_name = "ORIGIN", value_parser = parse_origin)]
@@ -147,6 +147,37 @@ impl ServerArgs {
         args.auth_token = auth_token_or_exit();
         args
     }
+
+    /// The server's settings these flags ask for.
+    pub fn config(&self) -> ServerConfig {
+        let tls = self
+            .tls_cert
+            .clone()
+            .zip(self.tls_key.clone())
+            .map(|(cert, key)| TlsFiles {
+                cert,
+                key,
+                client_ca: self.tls_client_ca.clone(),
+            });
+        ServerConfig {
+            tls,
+            auth_token: self.auth_token.clone(),
+            shutdown_grace: self.shutdown_grace.0,
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            keepalive: self.keepalive_secs.or_off(),
+            handshake_timeout: self.handshake_timeout.0,
+            max_connections: self.max_connections.map(|max| max as usize),
+            stall_timeout: self.stall_timeout.0,
+            idle_timeout: self.idle_timeout.or_off(),
+            max_buffered_bytes: self.max_buffered_bytes,
+            max_buffered_bytes_per_connection: self.max_buffered_bytes_per_connection,
+            metrics_addr: self.metrics_addr,
+            grpc_web: self.grpc_web,
+            playground: !self.no_playground,
+            cors_origins: self.cors_origins.clone(),
+        }
+    }
 }
 
 /// Calls `example.FormatData/DoFormat` and prints the reply as `received: TEXT`.
@@ -167,13 +198,15 @@ pub struct ClientArgs {
 
     /// Seconds each attempt may take, from connecting to the last byte of the reply (not for
     /// --stream, which may rightly run for hours).
-    #[arg(long, global = true, env = "FORMATDATA_TIMEOUT", default_value = "10",
-          value_parser = parse_positive_seconds)]
-    pub timeout: Duration,
+    #[arg(long, global = true, env = "FORMATDATA_TIMEOUT",
+          default_value_t = Seconds(ClientConfig::DEFAULT_TIMEOUT),
+          value_parser = Seconds::parse_positive)]
+    pub timeout: Seconds,
 
     /// Times to retry a call that failed with UNAVAILABLE (server down or restarting), with
     /// exponential backoff and jitter.
-    #[arg(long, global = true, env = "FORMATDATA_RETRIES", default_value_t = 3)]
+    #[arg(long, global = true, env = "FORMATDATA_RETRIES",
+          default_value_t = ClientConfig::DEFAULT_RETRIES)]
     pub retries: u32,
 
     /// PEM CA certificate to verify the server with; turns TLS on.
@@ -200,7 +233,7 @@ pub struct ClientArgs {
     /// fails with RESOURCE_EXHAUSTED, and --stream refuses an input line too long to send as it
     /// reads it.
     #[arg(long, global = true, env = "FORMATDATA_MAX_MESSAGE_BYTES",
-          default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+          default_value_t = SERVER.max_message_bytes)]
     pub max_message_bytes: usize,
 
     /// Stream stdin through DoFormatStream instead: each line is sent as it is read, and each
@@ -230,17 +263,27 @@ impl ClientArgs {
         self.text.join(" ")
     }
 
-    /// The one server to call, when `--addr` names exactly one and no DNS name to expand.
-    pub fn single_server(&self) -> Option<&HostPort> {
-        match self.addr.as_slice() {
-            [Target::Server(addr)] => Some(addr),
-            _ => None,
+    /// The client's settings these flags ask for.
+    pub fn config(&self) -> ClientConfig {
+        // Any TLS flag turns TLS on.
+        let tls = (self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_domain.is_some())
+            .then(|| ClientTls {
+                ca: self.tls_ca.clone(),
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+                domain: self.tls_domain.clone(),
+            });
+        ClientConfig {
+            targets: self.addr.clone(),
+            timeout: self.timeout.0,
+            retries: self.retries,
+            tls,
+            compression: self.compress.map(|compression| match compression {
+                Compression::Gzip => CompressionEncoding::Gzip,
+                Compression::Zstd => CompressionEncoding::Zstd,
+            }),
+            auth_token: self.auth_token.clone(),
+            max_message_bytes: self.max_message_bytes,
         }
-    }
-
-    /// Whether to speak TLS: any TLS flag turns it on.
-    pub fn uses_tls(&self) -> bool {
-        self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_domain.is_some()
     }
 }
 
@@ -271,8 +314,8 @@ pub struct BenchArgs {
     pub concurrency: u32,
 
     /// Seconds to run [default: 10 unless --requests is given].
-    #[arg(long, value_parser = parse_positive_seconds, conflicts_with = "requests")]
-    pub duration: Option<Duration>,
+    #[arg(long, value_parser = Seconds::parse_positive, conflicts_with = "requests")]
+    pub duration: Option<Seconds>,
 
     /// Calls to make in all, instead of running for a duration.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -300,18 +343,63 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
+impl BenchArgs {
+    /// The run these flags ask for.
+    pub fn config(&self) -> BenchConfig {
+        let text = match (&self.text, self.payload_bytes) {
+            (Some(text), _) => text.clone(),
+            (None, Some(bytes)) => ascii_payload(bytes),
+            (None, None) => DEFAULT_TEXT.to_owned(),
+        };
+        BenchConfig {
+            connections: self.connections,
+            concurrency: self.concurrency,
+            duration: self.duration.map(|seconds| seconds.0),
+            requests: self.requests,
+            text,
+            stream: self.stream,
+            rate: self.rate.filter(|rate| *rate > 0.0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Compression {
     Gzip,
     Zstd,
+}
+
+/// A number of seconds as the flags take and show it: `20`, `0.25`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    fn parse(value: &str) -> Result<Self, String> {
+        value
+            .parse::<f64>()
+            .ok()
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .map(Self)
+            .ok_or_else(|| format!("'{value}' is not a number of seconds"))
+    }
+
+    fn parse_positive(value: &str) -> Result<Self, String> {
+        Self::parse(value)
+            .ok()
+            .filter(|seconds| !seconds.0.is_zero())
+            .ok_or_else(|| format!("'{value}' is not a positive number of seconds"))
+    }
+
+    /// `None` for 0, which turns the timer it sets off.
+    fn or_off(self) -> Option<Duration> {
+        (!self.0.is_zero()).then_some(self.0)
+    }
+}
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
 }
 
 /// Parses the command line; on a mistake prints clap's message on one line and exits with
@@ -403,97 +491,6 @@ fn bearer_token(value: &std::ffi::OsStr) -> Result<String, TokenError> {
     Ok(token.to_owned())
 }
 
-/// Where the client sends its calls: one server, or all the addresses of a DNS name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    /// `HOST:PORT`: one server (a name is resolved when connecting, and the first address that
-    /// accepts is used).
-    Server(HostPort),
-    /// `dns:///HOST:PORT`: a server at every address the name resolves to, as gRPC's `dns`
-    /// resolver does; a Kubernetes headless Service resolves to one per ready pod.
-    Dns(HostPort),
-}
-
-/// gRPC's name-resolution scheme for DNS; `dns://AUTHORITY/` (a chosen DNS server) is not
-/// supported, the system resolver is used.
-const DNS_SCHEME: &str = "dns:///";
-
-impl FromStr for Target {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        match value.strip_prefix(DNS_SCHEME) {
-            Some(name) => Ok(Self::Dns(name.parse()?)),
-            None if value.starts_with("dns:") => Err(format!(
-                "expected dns:///HOST:PORT (the system resolver; no DNS server authority), got '{value}'"
-            )),
-            None => Ok(Self::Server(value.parse()?)),
-        }
-    }
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Server(addr) => addr.fmt(f),
-            Self::Dns(name) => write!(f, "{DNS_SCHEME}{name}"),
-        }
-    }
-}
-
-/// A `HOST:PORT` pair where HOST is a name or an IP address (IPv6 in brackets: `[::1]:8080`).
-///
-/// Kept unresolved: the server binds every address the name resolves to, and the client lets its
-/// connector pick one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    /// Name or IP address, without IPv6 brackets.
-    pub host: String,
-    /// TCP port; 0 asks the server for any free one.
-    pub port: u16,
-}
-
-impl FromStr for HostPort {
-    type Err = String;
-
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        let (host, port) = value
-            .rsplit_once(':')
-            .ok_or_else(|| format!("expected HOST:PORT, got '{value}'"))?;
-        let host = match host.strip_prefix('[') {
-            Some(bracketed) => bracketed
-                .strip_suffix(']')
-                .ok_or_else(|| format!("unclosed '[' in '{value}'"))?,
-            None if host.contains(':') => {
-                return Err(format!(
-                    "put an IPv6 address in brackets: '[{host}]:{port}'"
-                ));
-            }
-            None => host,
-        };
-        if host.is_empty() {
-            return Err(format!("missing host in '{value}'"));
-        }
-        let port = port
-            .parse()
-            .map_err(|_| format!("'{port}' is not a port number (0-65535)"))?;
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
 /// A web origin: `http://` or `https://`, a host, an optional port, and nothing after. Returned
 /// as browsers send it in `Origin`, which CORS compares byte for byte: lowercase, and without
 /// the scheme's default port.
@@ -527,80 +524,9 @@ fn parse_origin(value: &str) -> Result<http::HeaderValue, String> {
     http::HeaderValue::from_str(&origin).map_err(|_| invalid())
 }
 
-fn parse_seconds(value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .ok_or_else(|| format!("'{value}' is not a number of seconds"))
-}
-
-fn parse_positive_seconds(value: &str) -> Result<Duration, String> {
-    parse_seconds(value)
-        .ok()
-        .filter(|duration| !duration.is_zero())
-        .ok_or_else(|| format!("'{value}' is not a positive number of seconds"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn host_port(value: &str) -> Result<HostPort, String> {
-        value.parse()
-    }
-
-    #[test]
-    fn parses_names_and_addresses() {
-        let localhost = host_port("localhost:8080").unwrap();
-        assert_eq!(
-            (localhost.host.as_str(), localhost.port),
-            ("localhost", 8080)
-        );
-        assert_eq!(host_port("127.0.0.1:0").unwrap().port, 0);
-        let v6 = host_port("[::1]:50051").unwrap();
-        assert_eq!((v6.host.as_str(), v6.port), ("::1", 50051));
-    }
-
-    #[test]
-    fn displays_as_it_parses() {
-        for value in ["localhost:8080", "127.0.0.1:0", "[::1]:50051"] {
-            assert_eq!(host_port(value).unwrap().to_string(), value);
-        }
-    }
-
-    #[test]
-    fn rejects_malformed_addresses() {
-        for value in [
-            "localhost",
-            ":8080",
-            "host:http",
-            "host:70000",
-            "::1:8080",
-            "[::1:80",
-        ] {
-            assert!(host_port(value).is_err(), "{value} should be rejected");
-        }
-    }
-
-    #[test]
-    fn targets_are_servers_or_dns_names() {
-        let target = |value: &str| value.parse::<Target>();
-        assert_eq!(
-            target("localhost:8080").unwrap(),
-            Target::Server(host_port("localhost:8080").unwrap())
-        );
-        assert_eq!(
-            target("dns:///formatdata-headless:8080").unwrap(),
-            Target::Dns(host_port("formatdata-headless:8080").unwrap())
-        );
-        for value in ["dns:///[::1]:1", "dns:///a:1", "b:2"] {
-            assert_eq!(target(value).unwrap().to_string(), value);
-        }
-        for bad in ["dns://8.8.8.8/a:1", "dns:a:1", "dns:///a", "dns:///"] {
-            assert!(target(bad).is_err(), "{bad} should be rejected");
-        }
-    }
 
     #[test]
     fn client_takes_several_addresses() {
@@ -609,18 +535,21 @@ mod tests {
                 .unwrap();
         let addrs: Vec<String> = args.addr.iter().map(Target::to_string).collect();
         assert_eq!(addrs, ["a:1", "b:2", "dns:///c:3"]);
-        assert!(args.single_server().is_none());
+        assert!(args.config().single_server().is_none());
         let one = ClientArgs::try_parse_from(["client", "--addr", "a:1"]).unwrap();
-        assert_eq!(one.single_server().unwrap().to_string(), "a:1");
+        assert_eq!(one.config().single_server().unwrap().to_string(), "a:1");
     }
 
     #[test]
     fn client_defaults_to_the_tutorial() {
         let args = ClientArgs::try_parse_from(["client"]).unwrap();
-        assert_eq!(args.single_server().unwrap().to_string(), DEFAULT_ADDR);
+        assert_eq!(
+            args.config().single_server().unwrap().to_string(),
+            DEFAULT_ADDR
+        );
         assert_eq!(args.text(), DEFAULT_TEXT);
-        assert_eq!(args.timeout, Duration::from_secs(10));
-        assert_eq!(args.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
+        assert_eq!(args.config().timeout, Duration::from_secs(10));
+        assert_eq!(args.max_message_bytes, SERVER.max_message_bytes);
     }
 
     #[test]
@@ -642,7 +571,7 @@ mod tests {
         assert!(
             matches!(health.command, Some(ClientCommand::Health { ref service }) if service.is_empty())
         );
-        assert_eq!(health.single_server().unwrap().port, 1);
+        assert_eq!(health.config().single_server().unwrap().port, 1);
         let text = ClientArgs::try_parse_from(["client", "--", "health"]).unwrap();
         assert!(text.command.is_none());
         assert_eq!(text.text(), "health");
@@ -723,7 +652,7 @@ mod tests {
     fn server_defaults() {
         let args = ServerArgs::try_parse_from(["server"]).unwrap();
         assert_eq!(args.addr.to_string(), DEFAULT_ADDR);
-        assert_eq!(args.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(args.config().shutdown_grace, Duration::from_secs(10));
         assert_eq!(args.max_message_bytes, 4 * 1024 * 1024);
         assert!(
             args.auth_token.is_none(),

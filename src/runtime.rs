@@ -1,12 +1,13 @@
-//! The tokio runtime the server runs on, sized to the CPUs the process may use.
+//! The tokio runtimes of the two binaries, sized to the CPUs the process may use.
 //!
 //! One CPU (a container limited to one core, `taskset -c 0`) gets a current-thread runtime: no
 //! work-stealing queues, no cross-thread wake-ups. More CPUs get a multi-thread runtime with one
-//! worker each, so the server uses every core it is given.
+//! worker each, so a binary uses every core it is given.
 //!
-//! Either way, a thread that runs out of work gives the memory it freed back to the OS before it
-//! sleeps (see [`release_freed_memory`]), and [`sweep_workers`] makes every thread do so once
-//! the server falls idle.
+//! The server's also keeps its memory small between bursts: a thread that runs out of work gives
+//! the memory it freed back to the OS before it sleeps (see `release_freed_memory`), and
+//! [`sweep_workers`] makes every thread do so once the server falls idle. The client, short-lived
+//! or (`client bench`) busy throughout, has no use for that.
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -14,23 +15,31 @@ use std::time::Duration;
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
-/// A runtime with `threads` workers, or one per CPU this process may run on (its affinity mask,
-/// as `taskset` and container CPU sets limit it).
-pub fn build(threads: Option<NonZeroUsize>) -> io::Result<Runtime> {
-    let threads = threads
-        .or_else(|| std::thread::available_parallelism().ok())
-        .map_or(1, NonZeroUsize::get);
-    let mut builder = if threads == 1 {
-        Builder::new_current_thread()
-    } else {
-        let mut builder = Builder::new_multi_thread();
-        builder.worker_threads(threads);
-        builder
-    };
-    builder
+/// The server's runtime: `threads` workers, or one per CPU this process may run on (its
+/// affinity mask, as `taskset` and container CPU sets limit it), giving freed memory back as
+/// they park.
+pub fn server(threads: Option<NonZeroUsize>) -> io::Result<Runtime> {
+    sized(threads)
         .on_thread_park(release_freed_memory)
         .enable_all()
         .build()
+}
+
+/// The client's runtime: one worker per CPU.
+pub fn client() -> io::Result<Runtime> {
+    sized(None).enable_all().build()
+}
+
+fn sized(threads: Option<NonZeroUsize>) -> Builder {
+    let threads = threads
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, NonZeroUsize::get);
+    if threads == 1 {
+        return Builder::new_current_thread();
+    }
+    let mut builder = Builder::new_multi_thread();
+    builder.worker_threads(threads);
+    builder
 }
 
 /// Returns what this thread's allocator holds but no longer uses to the OS; runs each time a
@@ -54,7 +63,7 @@ fn release_freed_memory() {
 const SWEEP_DELAY: Duration = Duration::from_millis(200);
 
 /// Has every runtime thread park once more, and so return its freed memory (see
-/// [`release_freed_memory`]), a moment from now. For when the server falls idle.
+/// `release_freed_memory`), a moment from now. For when the server falls idle.
 ///
 /// Needed because a block one thread frees for another goes back to the other's heap only when
 /// that one next runs: a thread already asleep when the last connection's memory was freed on

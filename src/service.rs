@@ -5,10 +5,12 @@ use std::pin::Pin;
 
 use futures_util::{Stream, StreamExt};
 use prost::Message;
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::grpc::methods;
 use crate::pb::Data;
-use crate::pb::format_data_server::FormatData;
+use crate::pb::format_data_server::{FormatData, FormatDataServer};
 use crate::uppercase::uppercase;
 
 /// Implements `example.FormatData`. Holds only its limit, so one instance serves every
@@ -46,7 +48,16 @@ impl FormatData for FormatDataService {
     }
 }
 
-/// What `DoFormat` does to one message; shared with [`crate::server::fast_path`].
+/// The `:path` of DoFormat, which the fast path and the bench's raw client speak directly.
+pub fn do_format_path() -> &'static str {
+    let service = <FormatDataServer<FormatDataService> as NamedService>::NAME;
+    &methods::served()
+        .named(service, "DoFormat")
+        .expect("DoFormat is in proto/data.proto")
+        .path
+}
+
+/// What `DoFormat` does to one message; shared with the fast path.
 ///
 /// The reply is held to the size limit uncompressed, as the request is, on every path: tonic
 /// would check the reply after compressing it, so a reply over the limit would pass or fail

@@ -31,7 +31,7 @@ pub enum TlsError {
 
 /// The server's TLS settings: its certificate chain and key, and with `client_ca`, clients must
 /// present a certificate signed by it (mutual TLS). Read at startup, so bad files fail it.
-pub fn server_config(
+pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
@@ -58,7 +58,7 @@ pub fn server_config(
 
 /// The acceptor for `config`, offering HTTP/2 through ALPN (gRPC needs it), and HTTP/1.1 as well
 /// when `http1` (gRPC-Web from browsers is served): never a protocol the server would not speak.
-pub fn acceptor(config: &ServerConfig, http1: bool) -> TlsAcceptor {
+pub(crate) fn acceptor(config: &ServerConfig, http1: bool) -> TlsAcceptor {
     let mut config = config.clone();
     // h2 first: every gRPC client offers it.
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -70,7 +70,7 @@ pub fn acceptor(config: &ServerConfig, http1: bool) -> TlsAcceptor {
 
 /// The client's TLS settings: the CA to trust, a client certificate for mutual TLS, and the name
 /// to expect in the server's certificate.
-pub fn client_config(
+pub(crate) fn client_config(
     ca: Option<&Path>,
     identity: Option<(&Path, &Path)>,
     domain: Option<&str>,

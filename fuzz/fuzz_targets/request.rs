@@ -13,9 +13,6 @@
 use std::convert::Infallible;
 
 use bytes::{Buf, Bytes};
-use clap::Parser;
-use formatdata::cli::ServerArgs;
-use formatdata::server::call::CallsLayer;
 use formatdata::pb::Data;
 use formatdata::server::{self, ServerConfig};
 use formatdata::uppercase::uppercase;
@@ -56,17 +53,13 @@ impl Harness {
             .enable_all()
             .build()
             .expect("a runtime");
-        let limit = LIMIT.to_string();
-        let args = ServerArgs::try_parse_from(["server", "--max-message-bytes", &limit])
-            .expect("valid flags");
-        let config = ServerConfig::from_args(&args).expect("valid configuration");
+        let config = ServerConfig {
+            max_message_bytes: LIMIT,
+            ..ServerConfig::default()
+        };
         let service = runtime.block_on(async {
-            let (_health, routes) = server::routes(&config).await.expect("routes");
-            BoxCloneService::new(server::http_service(
-                routes,
-                CallsLayer::default(),
-                &config,
-            ))
+            let stack = server::call_stack(&config).await.expect("the call stack");
+            BoxCloneService::new(stack)
         });
         Self { runtime, service }
     }

@@ -9,16 +9,17 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use formatdata::cli::{ClientArgs, ClientCommand, LogFormat};
+use formatdata::cli::{ClientArgs, ClientCommand};
 use formatdata::client::bench;
 use formatdata::client::{Client, ClientError};
+use formatdata::telemetry::LogFormat;
 use formatdata::{runtime, telemetry};
 use tokio::io::{BufReader, BufWriter};
 
 fn main() -> ExitCode {
     let args = ClientArgs::from_env();
     telemetry::init(LogFormat::Text, "warn");
-    let runtime = match runtime::build(None) {
+    let runtime = match runtime::client() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("client: {err}");
@@ -37,7 +38,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
-    let client = Client::connect(args).await?;
+    let config = args.config();
+    let client = Client::connect(&config).await?;
     match &args.command {
         None if args.stream => {
             let stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
@@ -58,7 +60,7 @@ async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
             }
         }
         Some(ClientCommand::Bench(bench_args)) => {
-            let report = bench::run(args, bench_args).await?;
+            let report = bench::run(&config, &bench_args.config()).await?;
             if bench_args.json {
                 println!("{}", report.to_json());
             } else {

@@ -10,14 +10,13 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use formatdata::cli::ServerArgs;
-use formatdata::server::shutdown;
-use formatdata::server::{self, Listeners, ServerConfig};
+use formatdata::server::{self, Listeners, Server};
 use formatdata::{runtime, telemetry};
 
 fn main() -> ExitCode {
     let args = ServerArgs::from_env();
     telemetry::init(args.log_format, "info");
-    match runtime::build(args.threads) {
+    match runtime::server(args.threads) {
         Ok(runtime) => runtime.block_on(serve(args)),
         Err(err) => fail(&err),
     }
@@ -26,9 +25,9 @@ fn main() -> ExitCode {
 async fn serve(args: ServerArgs) -> ExitCode {
     // First, so that a SIGTERM while the files are read or the name resolved drains (nothing,
     // yet) and exits 0 rather than killing the process.
-    let shutdown = shutdown::signal();
-    let config = match ServerConfig::from_args(&args) {
-        Ok(config) => config,
+    let shutdown = server::shutdown_signal();
+    let server = match Server::new(args.config()) {
+        Ok(server) => server,
         Err(err) if err.is_usage() => {
             eprintln!("server: {err}");
             return ExitCode::from(2);
@@ -39,7 +38,7 @@ async fn serve(args: ServerArgs) -> ExitCode {
         Ok(listeners) => listeners,
         Err(err) => return fail(&err),
     };
-    match server::run(listeners, config, shutdown).await {
+    match server.run(listeners, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }

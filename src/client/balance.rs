@@ -35,7 +35,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tower::{Service, ServiceExt};
 use tracing::{debug, info, warn};
 
-use crate::cli::{HostPort, Target};
+use crate::addr::{HostPort, Target};
 
 /// How often a server taken out is asked for its health: how soon one that came back gets calls.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -52,7 +52,7 @@ const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One server to call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Address {
+pub(crate) struct Address {
     /// Where to connect: the address as given, or one the DNS name resolved to.
     pub connect: HostPort,
     /// The name the server goes by: for `dns:///` targets the name itself, so TLS checks the
@@ -62,7 +62,7 @@ pub struct Address {
 
 /// Builds the channel (lazy: it connects on first use, and again after failures) to one server;
 /// fails only on settings that cannot apply to it (a host name TLS cannot check, say).
-pub type Connector = Arc<dyn Fn(&Address) -> Result<Channel, String> + Send + Sync>;
+pub(super) type Connector = Arc<dyn Fn(&Address) -> Result<Channel, String> + Send + Sync>;
 
 /// Errors a tower service may return; tonic's clients take any.
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -81,7 +81,7 @@ pub struct Unreachable {
 
 /// The servers to call, and where the next call goes. Cheap to clone: clones share everything.
 #[derive(Clone)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     shared: Arc<Shared>,
 }
 
@@ -135,7 +135,7 @@ impl Balancer {
     /// A balancer over `targets`: `dns:///` names are resolved now (an error if one resolves to
     /// nothing), then again every few seconds in the background, where failed servers are also
     /// probed until they are back. The background work ends with the last clone.
-    pub async fn new(targets: &[Target], connector: Connector) -> Result<Self, Unreachable> {
+    pub(crate) async fn new(targets: &[Target], connector: Connector) -> Result<Self, Unreachable> {
         let mut addresses = Vec::new();
         for target in targets {
             addresses.extend(resolve(target).await?);
@@ -166,17 +166,17 @@ impl Balancer {
 
     /// Whether some server is taking calls: if so, a call that failed on another one can be
     /// retried at once, without backing off.
-    pub fn any_up(&self) -> bool {
+    pub(crate) fn any_up(&self) -> bool {
         self.shared.backends().iter().any(|backend| backend.is_up())
     }
 
     /// How many servers are known, up or not.
-    pub fn server_count(&self) -> usize {
+    pub(crate) fn server_count(&self) -> usize {
         self.shared.backends().len()
     }
 
     /// The servers currently known, with whether each is taking calls.
-    pub fn servers(&self) -> Vec<(HostPort, bool)> {
+    pub(crate) fn servers(&self) -> Vec<(HostPort, bool)> {
         self.shared
             .backends()
             .iter()
@@ -473,7 +473,7 @@ fn causes<'a>(
 
 /// The innermost error, which is the one that says what went wrong ("Connection refused"); the
 /// layers above it ("transport error", "tcp connect error") add nothing a user can act on.
-pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     causes(error)
         .last()
         .map_or_else(String::new, ToString::to_string)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use http::HeaderValue;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -18,10 +18,13 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use crate::cli::{BenchArgs, ClientArgs, DEFAULT_TEXT, HostPort};
-use crate::client::{Client, ClientError, code_name, no_reply_within};
-use crate::grpc::framing;
+use crate::addr::HostPort;
+use crate::client::ClientConfig;
+use crate::client::{Client, ClientError, no_reply_within};
+use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
+use crate::grpc::status::code_name;
 use crate::pb::Data;
+use crate::service;
 use crate::uppercase::uppercase;
 
 /// How long to run when neither --duration nor --requests is given.
@@ -188,22 +191,56 @@ impl Tally {
     }
 }
 
-/// Runs the benchmark described by `bench`, against the server and with the connection
-/// settings of `client_args`.
-pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, ClientError> {
-    let text = match (&bench.text, bench.payload_bytes) {
-        (Some(text), _) => text.clone(),
-        (None, Some(bytes)) => "abcdefghijklmnopqrstuvwxyz "
-            .chars()
-            .cycle()
-            .take(bytes)
-            .collect(),
-        (None, None) => DEFAULT_TEXT.to_owned(),
-    };
+/// A load: how many calls, how, and what they carry.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// HTTP/2 connections to spread the calls over.
+    pub connections: u32,
+    /// Calls in flight at any time (streams, with `stream`).
+    pub concurrency: u32,
+    /// How long to run; 10 s when neither this nor `requests` is given.
+    pub duration: Option<Duration>,
+    /// Calls to make in all.
+    pub requests: Option<u64>,
+    /// The text of every request.
+    pub text: String,
+    /// Messages over long-lived DoFormatStream streams instead of unary calls.
+    pub stream: bool,
+    /// Calls per second to aim for, in all (open loop).
+    pub rate: Option<f64>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            connections: 1,
+            concurrency: 1,
+            duration: None,
+            requests: None,
+            text: super::DEFAULT_TEXT.to_owned(),
+            stream: false,
+            rate: None,
+        }
+    }
+}
+
+/// `bytes` bytes of lowercase ASCII words, for loads of a given size.
+pub fn ascii_payload(bytes: usize) -> String {
+    "abcdefghijklmnopqrstuvwxyz "
+        .chars()
+        .cycle()
+        .take(bytes)
+        .collect()
+}
+
+/// Runs the load `bench` describes, against the servers and with the connection settings of
+/// `client`.
+pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, ClientError> {
+    let text = bench.text.clone();
     let expected: Arc<str> = uppercase(text.clone()).into();
     let mut connections = Vec::new();
     for _ in 0..bench.connections {
-        connections.push(Client::connect(client_args).await?);
+        connections.push(Client::connect(client).await?);
     }
 
     let duration = bench
@@ -216,7 +253,6 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
         remaining: bench.requests.map(AtomicU64::new),
         interval: bench
             .rate
-            .filter(|rate| *rate > 0.0)
             .map(|rate| Duration::from_secs_f64(f64::from(bench.concurrency) / rate)),
         completed: AtomicU64::new(0),
     });
@@ -224,13 +260,13 @@ pub async fn run(client_args: &ClientArgs, bench: &BenchArgs) -> Result<Report, 
 
     // Plain unary calls to one server take the lean path (see `RawUnary`); TLS, compression,
     // streams and balancing over several servers need tonic's client and `Client`'s retries.
-    let raw_server = client_args
+    let raw_server = client
         .single_server()
-        .filter(|_| !bench.stream && !client_args.uses_tls() && client_args.compress.is_none());
+        .filter(|_| !bench.stream && client.tls.is_none() && client.compression.is_none());
     let mut raw_connections = Vec::new();
     if let Some(server) = raw_server {
         for _ in 0..bench.connections {
-            raw_connections.push(RawUnary::connect(client_args, server, &text, &expected).await?);
+            raw_connections.push(RawUnary::connect(client, server, &text, &expected).await?);
         }
     }
     let workers: Vec<_> = (0..bench.concurrency)
@@ -312,7 +348,7 @@ struct RawUnary {
 
 impl RawUnary {
     async fn connect(
-        args: &ClientArgs,
+        args: &ClientConfig,
         server: &HostPort,
         text: &str,
         expected: &Arc<str>,
@@ -349,7 +385,7 @@ impl RawUnary {
         }
         Ok(Self {
             sender,
-            uri: format!("http://{server}/example.FormatData/DoFormat")
+            uri: format!("http://{server}{}", service::do_format_path())
                 .parse()
                 .map_err(|error: http::uri::InvalidUri| connect_error(error.to_string()))?,
             request: framed(text),
@@ -385,15 +421,11 @@ impl RawUnary {
             // Trailers-only: the call failed before any reply.
             return Err(status);
         }
-        let mut body = Bytes::new();
+        let mut body = BytesMut::new();
         while let Some(chunk) = reply.data().await {
             let chunk = chunk.map_err(unavailable)?;
             let _ = reply.flow_control().release_capacity(chunk.len());
-            body = if body.is_empty() {
-                chunk
-            } else {
-                [body, chunk].concat().into()
-            };
+            body.extend_from_slice(&chunk);
         }
         let status = reply
             .trailers()
@@ -406,8 +438,9 @@ impl RawUnary {
             return Err(status);
         }
         Ok(body == self.expected
-            || body.len() >= 5
-                && Data::decode(&body[5..]).is_ok_and(|data| *data.text == *self.expected_text))
+            || Prefix::read(&body).is_some()
+                && Data::decode(&body[PREFIX_LEN..])
+                    .is_ok_and(|data| *data.text == *self.expected_text))
     }
 }
 
@@ -486,7 +519,7 @@ async fn wait_until(due: Option<Instant>) -> Instant {
 /// A progress bar on stderr, updated ten times a second; indicatif hides it when stderr is not
 /// a terminal. Abort the returned task to stop it.
 fn progress_bar(
-    bench: &BenchArgs,
+    bench: &BenchConfig,
     duration: Option<Duration>,
     plan: Arc<Plan>,
 ) -> tokio::task::JoinHandle<()> {

@@ -2,10 +2,11 @@
 //! retries, TLS, a bearer token and compression, turning every failure into an error that names
 //! the server or the gRPC status, ready for a one-line message.
 
-pub mod balance;
+mod balance;
 pub mod bench;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -26,8 +27,9 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::cli::{ClientArgs, Compression, HostPort};
+use crate::addr::{DEFAULT_ADDR, HostPort, Target};
 use crate::client::balance::{Address, Balancer, Connector, Unreachable, root_cause};
+use crate::grpc::status::code_name;
 use crate::pb::Data;
 use crate::pb::format_data_client::FormatDataClient;
 use crate::tls::{self, TlsError};
@@ -96,6 +98,69 @@ pub enum ClientError {
     Incomplete { received: u64, sent: u64 },
 }
 
+/// What the client sends when given no text: the tutorial's greeting.
+pub const DEFAULT_TEXT: &str = "hello,world!";
+
+/// How the client calls its servers, as the library takes it: plain fields with defaults, so
+/// the binary (from its flags, in `crate::cli`) and the tests build it alike.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The servers: addresses, or DNS names for every address they resolve to.
+    pub targets: Vec<Target>,
+    /// How long each attempt may take, from connecting to the last byte of the reply.
+    pub timeout: Duration,
+    /// Retries of a call that failed with UNAVAILABLE.
+    pub retries: u32,
+    /// Speak TLS, with these files; plaintext when `None`.
+    pub tls: Option<ClientTls>,
+    /// Compress requests with this, and accept it for replies.
+    pub compression: Option<CompressionEncoding>,
+    /// Sent as `authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// Largest request and reply, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl ClientConfig {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_RETRIES: u32 = 3;
+
+    /// The one server to call, when the targets name exactly one and no DNS name to expand.
+    pub fn single_server(&self) -> Option<&HostPort> {
+        match self.targets.as_slice() {
+            [Target::Server(addr)] => Some(addr),
+            _ => None,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            targets: vec![Target::Server(
+                DEFAULT_ADDR.parse().expect("the default address parses"),
+            )],
+            timeout: Self::DEFAULT_TIMEOUT,
+            retries: Self::DEFAULT_RETRIES,
+            tls: None,
+            compression: None,
+            auth_token: None,
+            max_message_bytes: crate::server::ServerConfig::DEFAULT.max_message_bytes,
+        }
+    }
+}
+
+/// The client's TLS files and the name to expect.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA certificate to verify the server with; the system's roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// Client certificate and key, for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// Name expected in the server's certificate, when not the host called.
+    pub domain: Option<String>,
+}
+
 /// Channels to the FormatData servers, and how to call them.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -132,22 +197,22 @@ impl From<Unreachable> for ClientError {
 }
 
 impl Client {
-    /// A client for the servers the flags name: `dns:///` names are resolved now, but nothing
+    /// A client for the servers `config` names: `dns:///` names are resolved now, but nothing
     /// is sent until the first call.
-    pub async fn connect(args: &ClientArgs) -> Result<Self, ClientError> {
-        let tls = match args.uses_tls() {
-            true => {
-                let identity = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
-                Some(tls::client_config(
-                    args.tls_ca.as_deref(),
-                    identity,
-                    args.tls_domain.as_deref(),
-                )?)
-            }
-            false => None,
+    pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
+        let tls = match &config.tls {
+            Some(files) => Some(tls::client_config(
+                files.ca.as_deref(),
+                files
+                    .identity
+                    .as_ref()
+                    .map(|(cert, key)| (cert.as_path(), key.as_path())),
+                files.domain.as_deref(),
+            )?),
+            None => None,
         };
-        let timeout = args.timeout;
-        let explicit_domain = args.tls_domain.is_some();
+        let timeout = config.timeout;
+        let explicit_domain = config.tls.as_ref().is_some_and(|tls| tls.domain.is_some());
         let connector: Connector = Arc::new(move |address: &Address| {
             let scheme = if tls.is_some() { "https" } else { "http" };
             let uri = |addr: &HostPort| format!("{scheme}://{addr}");
@@ -171,22 +236,19 @@ impl Client {
             }
             Ok(endpoint.connect_lazy())
         });
-        let authorization = args
+        let authorization = config
             .auth_token
             .as_ref()
             .map(|token| format!("Bearer {token}").parse())
             .transpose()
             .map_err(|_| ClientError::BadToken)?;
         Ok(Self {
-            channel: Balancer::new(&args.addr, connector).await?,
-            timeout: args.timeout,
-            retries: args.retries,
+            channel: Balancer::new(&config.targets, connector).await?,
+            timeout: config.timeout,
+            retries: config.retries,
             authorization,
-            compression: args.compress.map(|compression| match compression {
-                Compression::Gzip => CompressionEncoding::Gzip,
-                Compression::Zstd => CompressionEncoding::Zstd,
-            }),
-            max_message_bytes: args.max_message_bytes,
+            compression: config.compression,
+            max_message_bytes: config.max_message_bytes,
             retried: Arc::default(),
         })
     }
@@ -532,29 +594,6 @@ fn is_local_deadline(status: &Status) -> bool {
 /// The server a call could not reach, when that is why it failed.
 fn unreachable(status: &Status) -> Option<&Unreachable> {
     std::error::Error::source(status)?.downcast_ref()
-}
-
-/// The canonical name of a gRPC status code, as grpcio and the gRPC docs print it.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]

@@ -8,19 +8,19 @@ use tonic::{Request, Status};
 
 /// Checks `authorization: Bearer <token>` on every call, when a token is configured.
 #[derive(Clone, Default)]
-pub struct RequireBearer {
+pub(super) struct RequireBearer {
     /// The token expected after the scheme; `None` lets every call through.
     token: Option<Arc<[u8]>>,
 }
 
 impl RequireBearer {
-    pub fn new(token: Option<&str>) -> Self {
+    pub(super) fn new(token: Option<&str>) -> Self {
         Self {
             token: token.map(|token| token.as_bytes().into()),
         }
     }
 
-    pub fn is_enabled(&self) -> bool {
+    pub(super) fn is_enabled(&self) -> bool {
         self.token.is_some()
     }
 }

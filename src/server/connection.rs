@@ -29,16 +29,16 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
+use crate::server::budget::ByteBudget;
 use crate::server::front::Fronts;
 use crate::server::http2::{self, Http2Error, Http2Settings};
-use crate::server::listen::ByteBudget;
 
 /// Every HTTP/2 connection starts with these 24 bytes from the client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How every accepted connection is served; shared by all of them.
 #[derive(Clone)]
-pub struct ConnectionSettings {
+pub(super) struct ConnectionSettings {
     /// TLS acceptor when `--tls-cert` is set; plaintext otherwise.
     pub tls: Option<TlsAcceptor>,
     /// How long a new peer gets for the TLS handshake and the start of its first request.
@@ -62,7 +62,12 @@ impl ConnectionSettings {
     /// Serves one connection until it closes or is dropped for misbehaving, with the services
     /// `fronts` makes for it. When `drain` changes (or its sender goes), the connection is
     /// drained: GOAWAY, calls in progress finish, then it closes.
-    pub async fn serve(self, stream: TcpStream, fronts: Fronts, mut drain: watch::Receiver<()>) {
+    pub(super) async fn serve(
+        self,
+        stream: TcpStream,
+        fronts: Fronts,
+        mut drain: watch::Receiver<()>,
+    ) {
         let peer = stream.peer_addr().ok();
         let state = Arc::new(ConnectionState {
             peer,
@@ -296,7 +301,7 @@ impl ConnectionState {
 
 /// Watches a connection for `timeout` without progress, in quarters: each quarter with no
 /// progress counts, any progress starts over. Costs one relaxed load per quarter.
-pub struct Idle<'a> {
+pub(super) struct Idle<'a> {
     active: &'a AtomicBool,
     timeout: Option<Duration>,
     timer: Pin<Box<Sleep>>,
@@ -314,12 +319,12 @@ impl<'a> Idle<'a> {
         }
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(super) fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(Duration::MAX)
     }
 
     /// Ready once no call made progress for the whole timeout; never without one.
-    pub fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(super) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let Some(timeout) = self.timeout else {
             return Poll::Pending;
         };
@@ -396,7 +401,7 @@ const RAPID_CANCEL: Duration = Duration::from_millis(10);
 const CANCEL_WINDOW: Duration = Duration::from_secs(10);
 
 /// The budget, in words, for log lines.
-pub const CANCEL_BUDGET_DESCRIPTION: &str =
+pub(super) const CANCEL_BUDGET_DESCRIPTION: &str =
     "more than 1000 calls in 10 s, each within 10 ms of making it (a rapid-reset flood?)";
 
 /// Calls cancelled by one connection's client: the middleware records them, the connection

@@ -11,26 +11,19 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use prost::Message;
 use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
 
-use crate::grpc::framing;
+use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
+use crate::grpc::status::{ok_trailers, status_response};
 use crate::pb::Data;
-use crate::server::call::{more_than_one_message, set_status_headers};
 use crate::service;
-
-/// The one method this route serves.
-const DO_FORMAT: &str = "/example.FormatData/DoFormat";
-
-/// Bytes before each gRPC message: compression flag and big-endian length.
-const PREFIX: usize = 5;
 
 /// Routes plain unary `DoFormat` calls to [`do_format`], everything else to `inner`.
 #[derive(Debug, Clone)]
@@ -38,6 +31,8 @@ pub struct FastPath<S> {
     inner: S,
     /// Off when calls need a token: authentication stays in one place, tonic's interceptor.
     enabled: bool,
+    /// DoFormat's `:path`, the one this route serves.
+    path: &'static str,
     /// Largest request and reply message, as `--max-message-bytes`.
     max_message_bytes: usize,
 }
@@ -47,6 +42,7 @@ impl<S> FastPath<S> {
         Self {
             inner,
             enabled,
+            path: service::do_format_path(),
             max_message_bytes,
         }
     }
@@ -61,7 +57,7 @@ impl<S> FastPath<S> {
                 .is_none_or(|value| value.as_bytes() == b"identity")
         };
         self.enabled
-            && request.uri().path() == DO_FORMAT
+            && request.uri().path() == self.path
             && plain("grpc-encoding")
             && plain("grpc-accept-encoding")
     }
@@ -98,29 +94,27 @@ where
 {
     let reply = read_message(body, limit)
         .await
-        .and_then(|message| service::format(message, limit))
-        .map(|reply| framing::frame(&reply));
-    let mut response = Response::new(Body::default());
+        .and_then(|message| service::format(message, limit));
+    let framed = match reply {
+        Ok(reply) => framing::frame(&reply),
+        // An error before any reply: "trailers-only", the status in the headers.
+        Err(status) => return Ok(status_response(&status)),
+    };
+    let mut response = Response::new(Body::new(OneMessage {
+        message: Some(framed),
+        trailers: Some(ok_trailers()),
+    }));
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    let body = match reply {
-        Ok(framed) => OneMessage {
-            message: Some(framed),
-            trailers: Some(ok_trailers()),
-        },
-        // An error before any reply: "trailers-only", the status in the headers.
-        Err(status) => {
-            response.headers_mut().extend(status_headers(&status));
-            return Ok(response);
-        }
-    };
-    *response.body_mut() = Body::new(body);
     Ok(response)
 }
 
-/// Reads the request's single message, enforcing the size limit from its length prefix before
-/// buffering it, as tonic does.
+/// Reads the request's one message, refusing it from its prefix, before buffering it, when it
+/// is over the size limit, as tonic does. The body is the call's [`RequestBody`], which has
+/// failed by then if a second message began or the body ended inside this one.
+///
+/// [`RequestBody`]: crate::server::request_body::RequestBody
 async fn read_message<B>(mut body: B, limit: usize) -> Result<Data, Status>
 where
     B: HttpBody<Data = Bytes> + Unpin,
@@ -133,7 +127,7 @@ where
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     while let Some(frame) = body.frame().await {
-        // The body's own errors are statuses already (`middleware::Counted`).
+        // The body's own errors are statuses already.
         let frame = frame.map_err(Into::into)?;
         let Ok(data) = frame.into_data() else {
             continue;
@@ -142,89 +136,49 @@ where
             Some(buffer) => buffer.extend_from_slice(&data),
             None if first.is_empty() => first = data,
             None => {
-                let declared = (first.len() >= PREFIX).then(|| declared_length(&first));
-                let whole = declared.map_or(0, |length| PREFIX + length.min(limit + 1));
+                let declared = Prefix::read(&first).map(|prefix| prefix.length.min(limit + 1));
+                let whole = declared.map_or(0, |length| PREFIX_LEN + length);
                 let mut buffer = BytesMut::with_capacity(whole.max(first.len() + data.len()));
                 buffer.extend_from_slice(&first);
                 buffer.extend_from_slice(&data);
                 joined = Some(buffer);
             }
         }
-        let received = joined.as_deref().unwrap_or(&first);
-        if received.len() >= PREFIX {
-            // The flag before the length, in tonic's order, so both paths blame the same fault.
-            if received[0] != 0 {
-                return Err(bad_flag(received[0]));
-            }
-            let declared = declared_length(received);
-            if declared > limit {
-                return Err(Status::resource_exhausted(format!(
-                    "request message of {declared} bytes is over the {limit}-byte limit"
-                )));
-            }
-            // Checked as the bytes come, not at the end: a client must not be able to make the
-            // server buffer an endless body behind one small message. (`middleware::Counted`
-            // refuses a second message as well; this keeps the fast path safe on its own.)
-            if received.len() > PREFIX + declared {
-                return Err(more_than_one_message());
-            }
+        if let Some(prefix) = Prefix::read(joined.as_deref().unwrap_or(&first)) {
+            admit(prefix, limit)?;
         }
     }
-    let mut received = match joined {
-        Some(buffer) => buffer.freeze(),
-        None => first,
-    };
+    let received = joined.map_or(first, BytesMut::freeze);
     if received.is_empty() {
         return Err(Status::invalid_argument("missing request message"));
     }
-    if received.len() < PREFIX {
-        return Err(Status::invalid_argument(
-            "truncated gRPC frame: unexpected EOF",
-        ));
-    }
-    received.advance(1); // the flag, checked above
-    let length = received.get_u32() as usize;
-    match received.len().cmp(&length) {
-        std::cmp::Ordering::Less => Err(Status::invalid_argument(format!(
-            "truncated gRPC frame: unexpected EOF after {} of {length} bytes",
-            received.len()
-        ))),
-        std::cmp::Ordering::Greater => Err(more_than_one_message()),
-        // prost's message names the problem, as our codec reports it on tonic's path.
-        std::cmp::Ordering::Equal => {
-            Data::decode(received).map_err(|error| Status::invalid_argument(error.to_string()))
+    framing::decode_request(received.slice(PREFIX_LEN..))
+}
+
+/// Whether a message with `prefix` may be read: uncompressed (the fast path takes no
+/// `grpc-encoding`) and within the limit. The flag before the length, in tonic's order, so both
+/// paths blame the same fault.
+fn admit(prefix: Prefix, limit: usize) -> Result<(), Status> {
+    match prefix.flag {
+        0 => {}
+        1 => {
+            return Err(Status::invalid_argument(
+                "message flagged compressed, but no grpc-encoding was given",
+            ));
+        }
+        flag => {
+            return Err(Status::invalid_argument(format!(
+                "invalid compression flag {flag} (0 and 1 are valid)"
+            )));
         }
     }
-}
-
-/// The message length a gRPC prefix (at least [`PREFIX`] bytes) declares.
-fn declared_length(prefix: &[u8]) -> usize {
-    u32::from_be_bytes(prefix[1..PREFIX].try_into().expect("4 bytes")) as usize
-}
-
-/// A flag other than 0 on the fast path, which takes no `grpc-encoding`: compressed (1) without
-/// saying how, or not a flag at all.
-fn bad_flag(flag: u8) -> Status {
-    match flag {
-        1 => Status::invalid_argument("message flagged compressed, but no grpc-encoding was given"),
-        _ => Status::invalid_argument(format!(
-            "invalid compression flag {flag} (0 and 1 are valid)"
-        )),
+    if prefix.length > limit {
+        return Err(Status::resource_exhausted(format!(
+            "request message of {} bytes is over the {limit}-byte limit",
+            prefix.length
+        )));
     }
-}
-
-/// `grpc-status` and `grpc-message` of an error.
-fn status_headers(status: &Status) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    set_status_headers(&mut headers, status);
-    headers
-}
-
-/// The trailers of a successful call.
-fn ok_trailers() -> HeaderMap {
-    let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    trailers
+    Ok(())
 }
 
 /// A reply body of one message and the trailers.

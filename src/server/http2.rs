@@ -60,7 +60,7 @@ const ABUSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// How the server's HTTP/2 connections are set up.
 #[derive(Debug, Clone)]
-pub struct Http2Settings {
+pub(super) struct Http2Settings {
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_concurrent_streams: u32,
     /// Interval of keepalive pings; `None` turns them off.
@@ -82,7 +82,7 @@ impl Http2Settings {
 
 /// Why a connection ended, when it was the server that ended it or the peer misbehaved.
 #[derive(Debug, thiserror::Error)]
-pub enum Http2Error {
+pub(super) enum Http2Error {
     #[error("no HTTP/2 preface before the handshake deadline")]
     NoPreface,
     #[error("keepalive ping unanswered")]
@@ -95,7 +95,7 @@ pub enum Http2Error {
 /// its own. On `drain`, GOAWAY and let the calls finish; when the connection's client cancels
 /// calls by the thousand (the rapid-reset attack), GOAWAY ENHANCE_YOUR_CALM and close at once;
 /// when no call has made progress for the idle timeout, GOAWAY and close.
-pub async fn serve<I, S>(
+pub(super) async fn serve<I, S>(
     io: I,
     service: S,
     settings: &Http2Settings,
@@ -313,7 +313,7 @@ async fn write_body(body: Body, mut send: SendStream<Bytes>) {
 
 /// A request body read from an h2 stream. Each chunk's flow-control window is given back as the
 /// chunk is handed over: what the service holds from there is its own to count.
-pub struct RequestBody {
+pub(super) struct RequestBody {
     recv: RecvStream,
     data_done: bool,
 }

@@ -1,14 +1,14 @@
-//! What the server lets its peers take from it, counted: connections (file descriptors) and the
-//! bytes held for calls in progress.
+//! Listening: binding every address a name resolves to, then accepting connections, no more at
+//! once than the open-file limit can back (`--max-connections`).
 //!
-//! Flow control and the stream limit bound what one well-behaved peer takes; these bound what
-//! any number of peers take together, so a deliberate attacker meets a clear refusal (a
-//! connection left in the backlog, RESOURCE_EXHAUSTED) instead of an out-of-memory kill or a
-//! server that cannot open another file.
+//! Binding and serving are separate steps so that callers (the binary, the tests) learn the real
+//! addresses, port 0 included, before the first connection arrives, and so that "address in use"
+//! is reported before anything is served. At the connection cap the server stops accepting, so
+//! further peers wait in the kernel's backlog rather than taking descriptors it does not have.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -17,8 +17,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::Status;
 use tracing::{debug, warn};
+
+use crate::addr::HostPort;
 
 /// Largest default for `--max-connections`, whatever the descriptor limit: beyond it a single
 /// process is rarely the right answer, and each connection may hold its share of memory.
@@ -29,14 +30,11 @@ const MAX_DEFAULT_CONNECTIONS: u64 = 10_000;
 /// a small limit, so a process held to 64 descriptors still serves 48 connections.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
-/// Connections the metrics endpoint serves at once: scrapers are few.
-pub const MAX_METRICS_CONNECTIONS: usize = 32;
-
 /// The connections this process can serve at once given its open-file limit, after raising the
 /// soft limit to the hard one (as Go's runtime does: the soft limit is a default for programs
 /// that do not know better, the hard one is what the administrator allows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DescriptorLimit {
+pub(super) struct DescriptorLimit {
     /// The open-file limit now in force.
     pub open_files: u64,
     /// The most connections that fit under it.
@@ -46,7 +44,7 @@ pub struct DescriptorLimit {
 impl DescriptorLimit {
     /// Raises the soft RLIMIT_NOFILE to the hard limit (where the platform allows) and reports
     /// what fits.
-    pub fn raise() -> io::Result<Self> {
+    pub(super) fn raise() -> io::Result<Self> {
         let open_files = raise_open_file_limit()?;
         Ok(Self::for_open_files(open_files))
     }
@@ -61,7 +59,7 @@ impl DescriptorLimit {
     }
 
     /// `--max-connections` when not given.
-    pub fn default_max_connections(&self) -> usize {
+    pub(super) fn default_max_connections(&self) -> usize {
         self.max_connections.min(MAX_DEFAULT_CONNECTIONS as usize)
     }
 }
@@ -96,7 +94,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// When accept fails because the process or the system is out of descriptors (or memory), it
 /// pauses, longer each time in a row, and says so in one warning per 10 s: a loop that retried
 /// at once would spin, and one warning per failure would flood the log.
-pub struct Acceptor {
+pub(super) struct Acceptor {
     incoming: SelectAll<TcpListenerStream>,
     slots: Arc<Semaphore>,
     pause: Duration,
@@ -106,7 +104,7 @@ pub struct Acceptor {
 }
 
 impl Acceptor {
-    pub fn new(listeners: Vec<TcpListener>, max: usize) -> Self {
+    pub(super) fn new(listeners: Vec<TcpListener>, max: usize) -> Self {
         Self {
             incoming: select_all(listeners.into_iter().map(TcpListenerStream::new)),
             slots: Arc::new(Semaphore::new(max)),
@@ -118,7 +116,7 @@ impl Acceptor {
 
     /// The next connection, and its slot: drop the slot when the connection is closed.
     /// Cancel-safe: dropped before a connection is returned, it loses none.
-    pub async fn accept(&mut self) -> (TcpStream, OwnedSemaphorePermit) {
+    pub(super) async fn accept(&mut self) -> (TcpStream, OwnedSemaphorePermit) {
         loop {
             let slot = self
                 .slots
@@ -167,121 +165,123 @@ fn is_out_of_resources(error: &io::Error) -> bool {
     matches!(error.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
 
-/// What a call in progress costs the server besides its messages, as measured with 256 calls on
-/// each of 20 connections, each call waiting for its client (release build): about 4 KiB for a
-/// unary call (its task, h2's stream, the middleware), about 13 KiB for a stream (tonic's
-/// decode and encode buffers on top). Charged to the budgets while the call runs.
-pub fn call_cost(one_request: bool) -> usize {
-    match one_request {
-        true => 4 * 1024,
-        false => 16 * 1024,
-    }
+/// How many times to retry when port 0 was asked for on a name with several addresses and the
+/// free port picked on the first address is taken on another one.
+const EPHEMERAL_PORT_ATTEMPTS: usize = 8;
+
+/// Why the server could not start listening.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve { addr: HostPort, source: io::Error },
+    #[error("{addr} resolves to no address")]
+    NoAddress { addr: HostPort },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
 }
 
-/// Bytes that calls in progress may hold: request messages not yet complete (for streaming
-/// calls, the largest one seen, which tonic's decoder keeps as buffer capacity), replies not
-/// yet handed to the connection, and each call's own cost ([`call_cost`]). One per connection, each drawing on one for the whole server.
-///
-/// A call that would go over fails at once with RESOURCE_EXHAUSTED and drops what it held:
-/// waiting instead could deadlock a connection whose flow-control window the waiting streams
-/// hold, and the peer that pushed the budget to its limit is usually the one to refuse.
+/// Bound, not yet serving, sockets: one per address the host name resolved to.
 #[derive(Debug)]
-pub struct ByteBudget {
-    limit: usize,
-    used: AtomicUsize,
-    /// What this budget draws on as well; `None` for the server-wide one.
-    parent: Option<Arc<ByteBudget>>,
-    /// The flag that sets `limit`, for the error message.
-    flag: &'static str,
+pub struct Listeners {
+    /// Accepting ends, in resolution order.
+    pub(crate) sockets: Vec<TcpListener>,
+    /// The addresses actually bound (the real port when 0 was asked for), for logs and callers.
+    pub(crate) addrs: Vec<SocketAddr>,
 }
 
-impl ByteBudget {
-    /// The budget of the whole server.
-    pub fn server(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            used: AtomicUsize::new(0),
-            parent: None,
-            flag: "--max-buffered-bytes",
-        })
-    }
+impl Listeners {
+    /// Binds every address `addr` resolves to, on one port.
+    ///
+    /// Like grpcio, `localhost` means both 127.0.0.1 and ::1 where the machine has both. An
+    /// address the machine cannot bind at all (::1 with IPv6 disabled) is skipped with a warning
+    /// as long as another one is served; an address in use is an error.
+    pub async fn bind(addr: &HostPort) -> Result<Self, BindError> {
+        let mut resolved: Vec<SocketAddr> =
+            tokio::net::lookup_host((addr.host.as_str(), addr.port))
+                .await
+                .map_err(|source| BindError::Resolve {
+                    addr: addr.clone(),
+                    source,
+                })?
+                .collect();
+        // Resolvers list an address once per socket type; one listener each is enough.
+        let mut seen = Vec::with_capacity(resolved.len());
+        resolved.retain(|candidate| {
+            let new = !seen.contains(candidate);
+            seen.push(*candidate);
+            new
+        });
+        if resolved.is_empty() {
+            return Err(BindError::NoAddress { addr: addr.clone() });
+        }
 
-    /// A connection's budget, drawing on the server's too.
-    pub fn connection(server: &Arc<Self>, limit: usize) -> Self {
-        Self {
-            limit,
-            used: AtomicUsize::new(0),
-            parent: Some(server.clone()),
-            flag: "--max-buffered-bytes-per-connection",
-        }
-    }
-
-    /// Takes `bytes` from this budget and its parent, or neither.
-    pub fn take(&self, bytes: usize) -> Result<(), Status> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
-        if before.saturating_add(bytes) > self.limit {
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(Status::resource_exhausted(format!(
-                "server busy: calls in progress already hold the {} buffered bytes {} allows; \
-                 try again later",
-                self.limit, self.flag
-            )));
-        }
-        if let Some(parent) = &self.parent
-            && let Err(status) = parent.take(bytes)
-        {
-            self.used.fetch_sub(bytes, Ordering::Relaxed);
-            return Err(status);
-        }
-        Ok(())
-    }
-
-    /// Returns `bytes` taken earlier.
-    pub fn give_back(&self, bytes: usize) {
-        if bytes == 0 {
-            return;
-        }
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
-        if let Some(parent) = &self.parent {
-            parent.give_back(bytes);
+        let mut attempts_left = EPHEMERAL_PORT_ATTEMPTS;
+        loop {
+            match bind_all(&resolved).await {
+                Err(BindError::Listen { source, .. })
+                    if addr.port == 0
+                        && source.kind() == io::ErrorKind::AddrInUse
+                        && attempts_left > 1 =>
+                {
+                    attempts_left -= 1;
+                }
+                result => return result,
+            }
         }
     }
 
-    /// Bytes held now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+    /// The addresses being listened on, with real port numbers.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
     }
+}
+
+/// Binds `resolved` on one shared port: the given one, or the one the OS picks for the first
+/// address bound when it is 0.
+async fn bind_all(resolved: &[SocketAddr]) -> Result<Listeners, BindError> {
+    let mut listeners = Listeners {
+        sockets: Vec::with_capacity(resolved.len()),
+        addrs: Vec::with_capacity(resolved.len()),
+    };
+    let mut unavailable = Vec::new();
+    let mut port = resolved[0].port();
+    for candidate in resolved {
+        let addr = SocketAddr::new(candidate.ip(), port);
+        let bound = TcpListener::bind(addr)
+            .await
+            .and_then(|socket| Ok((socket.local_addr()?, socket)));
+        match bound {
+            Ok((local, socket)) => {
+                port = local.port();
+                listeners.sockets.push(socket);
+                listeners.addrs.push(local);
+            }
+            Err(source) if machine_lacks_address(&source) => unavailable.push((addr, source)),
+            Err(source) => return Err(BindError::Listen { addr, source }),
+        }
+    }
+    if listeners.sockets.is_empty() {
+        let (addr, source) = unavailable.swap_remove(0);
+        return Err(BindError::Listen { addr, source });
+    }
+    for (addr, source) in unavailable {
+        warn!("not listening on {addr}: {source}");
+    }
+    Ok(listeners)
+}
+
+/// Whether binding failed because this machine cannot have that address at all (::1 with IPv6
+/// disabled, say), as opposed to it being taken or forbidden, which the user must hear about.
+fn machine_lacks_address(error: &io::Error) -> bool {
+    !matches!(
+        error.kind(),
+        io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_connection_budget_draws_on_the_server_budget() {
-        let server = ByteBudget::server(100);
-        let first = ByteBudget::connection(&server, 60);
-        let second = ByteBudget::connection(&server, 60);
-
-        first.take(60).unwrap();
-        assert!(first.take(1).is_err(), "over the connection's own limit");
-        let refused = second.take(50).unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            refused.message().contains("--max-buffered-bytes "),
-            "{refused:?}"
-        );
-        assert_eq!(second.used(), 0, "a refused take leaves nothing behind");
-        second.take(40).unwrap();
-        assert_eq!(server.used(), 100);
-
-        first.give_back(60);
-        second.give_back(40);
-        assert_eq!(server.used(), 0);
-    }
 
     #[test]
     fn descriptors_leave_room_for_the_process_itself() {
@@ -290,5 +290,35 @@ mod tests {
         let large = DescriptorLimit::for_open_files(1 << 20);
         assert_eq!(large.default_max_connections(), 10_000);
         assert_eq!(large.max_connections, (1 << 20) - 64);
+    }
+
+    #[tokio::test]
+    async fn several_addresses_share_the_port_picked_for_the_first() {
+        let resolved: Vec<SocketAddr> =
+            vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+
+        let listeners = bind_all(&resolved).await.unwrap();
+
+        let addrs = listeners.local_addrs();
+        assert_eq!(addrs[0].ip(), resolved[0].ip());
+        assert_ne!(addrs[0].port(), 0);
+        // ::1 is skipped, not an error, on machines without IPv6; where it exists it must be
+        // served on the same port as 127.0.0.1.
+        assert!(addrs.iter().all(|addr| addr.port() == addrs[0].port()));
+        assert!(addrs.len() == 2 || !has_ipv6_loopback());
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_not_skipped() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let resolved = vec![taken.local_addr().unwrap(), "[::1]:0".parse().unwrap()];
+
+        let error = bind_all(&resolved).await.unwrap_err();
+
+        assert!(matches!(error, BindError::Listen { addr, .. } if addr == resolved[0]));
+    }
+
+    fn has_ipv6_loopback() -> bool {
+        std::net::TcpListener::bind("[::1]:0").is_ok()
     }
 }

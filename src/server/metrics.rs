@@ -20,82 +20,16 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tracing::debug;
 
-use crate::server::listen::{Acceptor, MAX_METRICS_CONNECTIONS};
+use crate::grpc::methods::Method;
+use crate::grpc::status::go_code_name;
+use crate::server::listen::Acceptor;
 
-/// Whether the method at `path` takes exactly one request message (unary and server-streaming
-/// methods); `false` for unknown paths, which the router refuses anyway.
-pub fn takes_one_request(path: &str) -> bool {
-    METHODS
-        .iter()
-        .any(|method| method.path == path && matches!(method.kind, "unary" | "server_stream"))
-}
-
-/// A method we serve, with its labels.
-struct Method {
-    path: &'static str,
-    kind: &'static str,
-    service: &'static str,
-    name: &'static str,
-}
-
-const fn method(
-    path: &'static str,
-    kind: &'static str,
-    service: &'static str,
-    name: &'static str,
-) -> Method {
-    Method {
-        path,
-        kind,
-        service,
-        name,
-    }
-}
-
-/// The methods served. Only these are counted, as go-grpc-prometheus counts only registered
-/// methods: an unknown path must not mint new label values (and time series) at a caller's whim.
-const METHODS: &[Method] = &[
-    method(
-        "/example.FormatData/DoFormat",
-        "unary",
-        "example.FormatData",
-        "DoFormat",
-    ),
-    method(
-        "/example.FormatData/DoFormatStream",
-        "bidi_stream",
-        "example.FormatData",
-        "DoFormatStream",
-    ),
-    method(
-        "/grpc.health.v1.Health/Check",
-        "unary",
-        "grpc.health.v1.Health",
-        "Check",
-    ),
-    method(
-        "/grpc.health.v1.Health/Watch",
-        "server_stream",
-        "grpc.health.v1.Health",
-        "Watch",
-    ),
-    method(
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "bidi_stream",
-        "grpc.reflection.v1.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    method(
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        "bidi_stream",
-        "grpc.reflection.v1alpha.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-];
+/// Connections the endpoint serves at once: scrapers are few.
+pub(super) const MAX_METRICS_CONNECTIONS: usize = 32;
 
 /// The gRPC server metrics, registered in their own registry.
 #[derive(Clone)]
-pub struct GrpcMetrics {
+pub(super) struct GrpcMetrics {
     registry: Registry,
     started: IntCounterVec,
     handled: IntCounterVec,
@@ -105,7 +39,7 @@ pub struct GrpcMetrics {
 }
 
 impl GrpcMetrics {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let labels = ["grpc_type", "grpc_service", "grpc_method"];
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
@@ -157,22 +91,27 @@ impl GrpcMetrics {
         metrics
     }
 
-    /// Counts a call to `path` as started; `None` for a path that is not a method we serve.
-    pub fn start(&self, path: &str) -> Option<CallMetrics> {
-        let method = METHODS.iter().find(|method| method.path == path)?;
-        let labels = [method.kind, method.service, method.name];
+    /// Counts a call to `method` as started. Only methods the server has are counted, as
+    /// go-grpc-prometheus counts only registered ones: an unknown path must not mint new label
+    /// values (and time series) at a caller's whim.
+    pub(super) fn start(&self, method: &'static Method) -> CallMetrics {
+        let labels = [
+            method.kind.label(),
+            method.service.as_str(),
+            method.name.as_str(),
+        ];
         self.started.with_label_values(&labels).inc();
-        Some(CallMetrics {
+        CallMetrics {
             handled: self.handled.clone(),
             labels,
             received: self.received.with_label_values(&labels),
             sent: self.sent.with_label_values(&labels),
             handling: self.handling.with_label_values(&labels),
-        })
+        }
     }
 
     /// The text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(super) fn render(&self) -> String {
         let mut text = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut text)
@@ -188,7 +127,7 @@ impl Default for GrpcMetrics {
 }
 
 /// One call's metrics, resolved once when it starts.
-pub struct CallMetrics {
+pub(super) struct CallMetrics {
     handled: IntCounterVec,
     labels: [&'static str; 3],
     /// Incremented per request message, by the request body as it is read.
@@ -200,7 +139,7 @@ pub struct CallMetrics {
 
 impl CallMetrics {
     /// Counts the call as handled with `code`, after `seconds`.
-    pub fn finish(&self, code: Code, seconds: f64) {
+    pub(super) fn finish(&self, code: Code, seconds: f64) {
         let [kind, service, method] = self.labels;
         self.handled
             .with_label_values(&[kind, service, method, go_code_name(code)])
@@ -209,122 +148,10 @@ impl CallMetrics {
     }
 }
 
-/// Status code names as grpc-go prints them (`codes.Code.String()`), which is what
-/// go-grpc-prometheus puts in `grpc_code`.
-fn go_code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "Canceled",
-        Code::Unknown => "Unknown",
-        Code::InvalidArgument => "InvalidArgument",
-        Code::DeadlineExceeded => "DeadlineExceeded",
-        Code::NotFound => "NotFound",
-        Code::AlreadyExists => "AlreadyExists",
-        Code::PermissionDenied => "PermissionDenied",
-        Code::ResourceExhausted => "ResourceExhausted",
-        Code::FailedPrecondition => "FailedPrecondition",
-        Code::Aborted => "Aborted",
-        Code::OutOfRange => "OutOfRange",
-        Code::Unimplemented => "Unimplemented",
-        Code::Internal => "Internal",
-        Code::Unavailable => "Unavailable",
-        Code::DataLoss => "DataLoss",
-        Code::Unauthenticated => "Unauthenticated",
-    }
-}
-
-/// Follows the gRPC framing of a byte stream: each message starts with a 5-byte prefix (flag,
-/// length), and prefixes may straddle HTTP/2 DATA frames. Counts the messages, and knows how
-/// much of the one in progress has arrived.
-#[derive(Debug, Default)]
-pub struct MessageCounter {
-    prefix: [u8; 5],
-    prefix_read: usize,
-    /// Declared length of the message whose body is arriving.
-    length: usize,
-    remaining: usize,
-    /// Messages whose first byte has been seen.
-    begun: u64,
-    /// Messages seen whole.
-    complete: u64,
-    /// The largest whole message so far, prefix included.
-    largest: usize,
-}
-
-impl MessageCounter {
-    /// Whether the bytes fed so far stop inside a message (its prefix or its body).
-    pub fn mid_message(&self) -> bool {
-        self.prefix_read > 0 || self.remaining > 0
-    }
-
-    /// Messages begun so far: whole ones, and one whose prefix has started.
-    pub fn begun(&self) -> u64 {
-        self.begun
-    }
-
-    /// Messages seen whole.
-    pub fn complete(&self) -> u64 {
-        self.complete
-    }
-
-    /// Bytes of the message in progress seen so far, prefix included; 0 between messages.
-    pub fn partial(&self) -> usize {
-        match self.remaining {
-            0 => self.prefix_read,
-            remaining => 5 + self.length - remaining,
-        }
-    }
-
-    /// The largest whole message seen, prefix included.
-    pub fn largest(&self) -> usize {
-        self.largest
-    }
-
-    /// Feeds the next bytes; returns how many messages began in them.
-    pub fn feed(&mut self, mut bytes: &[u8]) -> u64 {
-        let mut messages = 0;
-        while !bytes.is_empty() {
-            if self.remaining > 0 {
-                let skipped = self.remaining.min(bytes.len());
-                self.remaining -= skipped;
-                bytes = &bytes[skipped..];
-                if self.remaining == 0 {
-                    self.completed();
-                }
-                continue;
-            }
-            if self.prefix_read == 0 {
-                self.begun += 1;
-            }
-            let taken = (5 - self.prefix_read).min(bytes.len());
-            self.prefix[self.prefix_read..self.prefix_read + taken]
-                .copy_from_slice(&bytes[..taken]);
-            self.prefix_read += taken;
-            bytes = &bytes[taken..];
-            if self.prefix_read == 5 {
-                messages += 1;
-                self.length =
-                    u32::from_be_bytes(self.prefix[1..].try_into().expect("4 bytes")) as usize;
-                self.remaining = self.length;
-                self.prefix_read = 0;
-                if self.remaining == 0 {
-                    self.completed();
-                }
-            }
-        }
-        messages
-    }
-
-    fn completed(&mut self) {
-        self.complete += 1;
-        self.largest = self.largest.max(5 + self.length);
-    }
-}
-
 /// Serves `GET /metrics` on `listener` (HTTP/1.1, as Prometheus scrapes) until dropped, at
 /// most [`MAX_METRICS_CONNECTIONS`] connections at once, each with `head_timeout` for its
 /// request heads: the endpoint must not be easier to exhaust than the main port.
-pub async fn serve(listener: TcpListener, metrics: GrpcMetrics, head_timeout: Duration) {
+pub(super) async fn serve(listener: TcpListener, metrics: GrpcMetrics, head_timeout: Duration) {
     let mut acceptor = Acceptor::new(vec![listener], MAX_METRICS_CONNECTIONS);
     loop {
         let (stream, slot) = acceptor.accept().await;
@@ -366,49 +193,21 @@ fn respond<B>(request: &Request<B>, metrics: &GrpcMetrics) -> Response<Full<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::methods;
 
     #[test]
-    fn counts_messages_across_chunk_boundaries() {
-        let mut stream = Vec::new();
-        for message in [&b"hello"[..], b"", b"a longer message"] {
-            stream.push(0);
-            stream.extend_from_slice(&(message.len() as u32).to_be_bytes());
-            stream.extend_from_slice(message);
-        }
-        for chunk_size in 1..stream.len() {
-            let mut counter = MessageCounter::default();
-            let total: u64 = stream
-                .chunks(chunk_size)
-                .map(|chunk| counter.feed(chunk))
-                .sum();
-            assert_eq!(total, 3, "chunks of {chunk_size}");
-            assert_eq!(counter.complete(), 3);
-            assert_eq!(counter.largest(), 5 + 16);
-            assert_eq!(counter.partial(), 0);
-        }
-    }
-
-    #[test]
-    fn knows_how_much_of_the_message_in_progress_arrived() {
-        let mut counter = MessageCounter::default();
-        counter.feed(&[0, 0, 0]);
-        assert_eq!((counter.partial(), counter.complete()), (3, 0));
-        counter.feed(&[0, 10, b'a', b'b']);
-        assert_eq!((counter.partial(), counter.complete()), (7, 0));
-        counter.feed(&[b'c'; 8]);
-        assert_eq!((counter.partial(), counter.complete()), (0, 1));
-        assert_eq!(counter.largest(), 15);
-    }
-
-    #[test]
-    fn only_served_methods_are_counted() {
+    fn calls_are_counted_with_go_grpc_prometheus_labels() {
         let metrics = GrpcMetrics::new();
-        assert!(metrics.start("/example.FormatData/DoFormat").is_some());
-        assert!(metrics.start("/no.Such/Method").is_none());
+        let do_format = methods::served()
+            .find("/example.FormatData/DoFormat")
+            .unwrap();
+        metrics.start(do_format).finish(Code::Cancelled, 0.001);
         let text = metrics.render();
         assert!(text.contains(
             r#"grpc_server_started_total{grpc_method="DoFormat",grpc_service="example.FormatData",grpc_type="unary"} 1"#
         ), "{text}");
-        assert!(!text.contains("no.Such"));
+        assert!(text.contains(
+            r#"grpc_server_handled_total{grpc_code="Canceled",grpc_method="DoFormat",grpc_service="example.FormatData",grpc_type="unary"} 1"#
+        ), "{text}");
     }
 }

@@ -10,7 +10,7 @@ use tracing::{error, info};
 /// request, which exits immediately with status 128 + signal number, as a shell reports a
 /// process killed by that signal.
 ///
-/// Pass it to [`crate::server::run`]. The handlers are installed when this is called, not when
+/// Pass it to [`crate::server::Server::run`]. The handlers are installed when this is called, not when
 /// the future is first polled: a SIGTERM that arrives while the server is still starting up
 /// must start a graceful shutdown, not kill the process with the default action.
 pub fn signal() -> impl Future<Output = ()> {

@@ -1,26 +1,25 @@
 //! Bearer-token authentication, TLS and mutual TLS, and compression, through the library client
-//! configured exactly as the `client` binary configures it from flags.
+//! with the settings the `client` binary's flags map to.
 
-use clap::Parser;
-use formatdata::cli::{ClientArgs, ServerArgs};
-use formatdata::client::{Client, ClientError};
-use formatdata::server::ServerConfig;
+use std::path::PathBuf;
+
+use formatdata::client::{Client, ClientConfig, ClientError, ClientTls};
+use formatdata::server::{ConfigError, Server, ServerConfig, TlsFiles};
+use formatdata_test_support::app::{TestApp, spawn_app, spawn_app_with};
+use formatdata_test_support::certs::Certificates;
+use formatdata_test_support::raw::{self, DO_FORMAT, data_message, frame};
 use tonic::Code;
+use tonic::codec::CompressionEncoding;
 
-use crate::helpers::{Certificates, TestApp, spawn_app, spawn_app_with};
-use crate::raw::{self, DO_FORMAT, data_message, frame};
-
-/// A client for `app` with these flags (and token), as `client FLAGS` would be.
-async fn client(app: &TestApp, flags: &[&str], token: Option<&str>) -> Client {
-    let addr = format!("localhost:{}", app.addr.port());
-    let mut args = ClientArgs::try_parse_from(
-        ["client", "--addr", &addr, "--retries", "0"]
-            .iter()
-            .chain(flags),
-    )
-    .unwrap();
-    args.auth_token = token.map(str::to_owned);
-    Client::connect(&args).await.unwrap()
+/// A client of `app` by the name `localhost`, changed by `settings`, with no retries.
+async fn client(app: &TestApp, settings: impl FnOnce(&mut ClientConfig)) -> Client {
+    let mut config = ClientConfig {
+        targets: vec![format!("localhost:{}", app.addr.port()).parse().unwrap()],
+        retries: 0,
+        ..ClientConfig::default()
+    };
+    settings(&mut config);
+    Client::connect(&config).await.unwrap()
 }
 
 fn code(error: ClientError) -> Option<Code> {
@@ -30,150 +29,163 @@ fn code(error: ClientError) -> Option<Code> {
     }
 }
 
+/// A server for `localhost` with the test CA's certificate, clients' certificates required when
+/// `mutual`.
+async fn tls_app(certs: &Certificates, mutual: bool) -> TestApp {
+    spawn_app_with(ServerConfig {
+        tls: Some(TlsFiles {
+            cert: certs.path("server.pem").into(),
+            key: certs.path("server.key").into(),
+            client_ca: mutual.then(|| certs.path("ca.pem").into()),
+        }),
+        ..ServerConfig::default()
+    })
+    .await
+}
+
+/// Trusting the test CA, and presenting the client certificate when `identified`.
+fn tls(certs: &Certificates, identified: bool) -> ClientTls {
+    ClientTls {
+        ca: Some(certs.path("ca.pem").into()),
+        identity: identified.then(|| {
+            (
+                PathBuf::from(certs.path("client.pem")),
+                PathBuf::from(certs.path("client.key")),
+            )
+        }),
+        domain: None,
+    }
+}
+
 #[tokio::test]
 async fn with_a_token_formatdata_needs_it_and_health_does_not() {
-    let app = spawn_app_with(&[], Some("s3cret")).await;
+    let app = spawn_app_with(ServerConfig {
+        auth_token: Some("s3cret".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let with_token = |token: Option<&str>| {
+        let token = token.map(str::to_owned);
+        move |config: &mut ClientConfig| config.auth_token = token
+    };
 
-    let without = client(&app, &[], None).await.format("x").await.unwrap_err();
-    assert_eq!(code(without), Some(Code::Unauthenticated));
-    let wrong = client(&app, &[], Some("guess"))
+    let without = client(&app, with_token(None)).await.format("x").await;
+    assert_eq!(code(without.unwrap_err()), Some(Code::Unauthenticated));
+    let wrong = client(&app, with_token(Some("guess")))
         .await
         .format("x")
-        .await
-        .unwrap_err();
-    assert_eq!(code(wrong), Some(Code::Unauthenticated));
-    let right = client(&app, &[], Some("s3cret"))
+        .await;
+    assert_eq!(code(wrong.unwrap_err()), Some(Code::Unauthenticated));
+    let right = client(&app, with_token(Some("s3cret")))
         .await
         .format("x")
-        .await
-        .unwrap();
-    assert_eq!(right, "X");
-    assert_eq!(
-        client(&app, &[], None).await.health("").await.unwrap(),
-        "SERVING"
-    );
+        .await;
+    assert_eq!(right.unwrap(), "X");
+    let health = client(&app, with_token(None)).await.health("").await;
+    assert_eq!(health.unwrap(), "SERVING");
 }
 
 #[tokio::test]
 async fn tls_clients_with_the_ca_succeed_and_plaintext_clients_fail() {
     let certs = Certificates::generate();
-    let (cert, key, ca) = (
-        certs.path("server.pem"),
-        certs.path("server.key"),
-        certs.path("ca.pem"),
-    );
-    let app = spawn_app_with(&["--tls-cert", &cert, "--tls-key", &key], None).await;
+    let app = tls_app(&certs, false).await;
 
-    let reply = client(&app, &["--tls-ca", &ca], None)
+    let reply = client(&app, |config| config.tls = Some(tls(&certs, false)))
         .await
         .format("tls")
+        .await;
+    assert_eq!(reply.unwrap(), "TLS");
+    let plain = client(&app, |_| {})
         .await
-        .unwrap();
-    assert_eq!(reply, "TLS");
-    assert!(client(&app, &[], None).await.format("plain").await.is_err());
+        .format("plain")
+        .await
+        .unwrap_err();
+    // A plaintext HTTP/2 client's preface is not a TLS handshake: the server hangs up.
+    assert!(
+        matches!(
+            plain,
+            ClientError::Connect { .. } | ClientError::ConnectionLost { .. }
+        ),
+        "{plain}"
+    );
 }
 
 #[tokio::test]
 async fn tls_domain_names_the_certificate_when_the_address_does_not() {
     let certs = Certificates::generate();
-    let (cert, key, ca) = (
-        certs.path("server.pem"),
-        certs.path("server.key"),
-        certs.path("ca.pem"),
-    );
-    let app = spawn_app_with(&["--tls-cert", &cert, "--tls-key", &key], None).await;
-    let by_ip = async |flags: &[&str]| {
-        let addr = app.addr.to_string();
-        let base = ["client", "--addr", &addr, "--retries", "0", "--tls-ca", &ca];
-        let args = ClientArgs::try_parse_from(base.iter().chain(flags)).unwrap();
-        Client::connect(&args).await.unwrap()
+    let app = tls_app(&certs, false).await;
+    let by_ip = async |domain: Option<&str>| {
+        let config = ClientConfig {
+            targets: vec![app.addr.to_string().parse().unwrap()],
+            retries: 0,
+            tls: Some(ClientTls {
+                domain: domain.map(str::to_owned),
+                ..tls(&certs, false)
+            }),
+            ..ClientConfig::default()
+        };
+        Client::connect(&config).await.unwrap()
     };
 
     // The certificate is for "localhost", not "127.0.0.1".
-    assert!(by_ip(&[]).await.format("x").await.is_err());
-    let named = by_ip(&["--tls-domain", "localhost"])
-        .await
-        .format("named")
-        .await
-        .unwrap();
-    assert_eq!(named, "NAMED");
+    let unnamed = by_ip(None).await.format("x").await.unwrap_err().to_string();
+    assert!(
+        unnamed.contains("not valid for name"),
+        "the certificate's name is the cause: {unnamed}"
+    );
+    let named = by_ip(Some("localhost")).await.format("named").await;
+    assert_eq!(named.unwrap(), "NAMED");
 }
 
 #[tokio::test]
 async fn mutual_tls_needs_a_client_certificate() {
     let certs = Certificates::generate();
-    let (cert, key, ca) = (
-        certs.path("server.pem"),
-        certs.path("server.key"),
-        certs.path("ca.pem"),
-    );
-    let app = spawn_app_with(
-        &[
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-            "--tls-client-ca",
-            &ca,
-        ],
-        None,
-    )
-    .await;
+    let app = tls_app(&certs, true).await;
 
-    let anonymous = client(&app, &["--tls-ca", &ca], None)
+    let anonymous = client(&app, |config| config.tls = Some(tls(&certs, false)))
         .await
         .format("x")
-        .await;
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
-        anonymous.is_err(),
-        "a client without a certificate got through"
+        anonymous.contains("CertificateRequired"),
+        "the server's alert for the missing certificate is the cause: {anonymous}"
     );
-    let (client_cert, client_key) = (certs.path("client.pem"), certs.path("client.key"));
-    let identified = client(
-        &app,
-        &[
-            "--tls-ca",
-            &ca,
-            "--tls-cert",
-            &client_cert,
-            "--tls-key",
-            &client_key,
-        ],
-        None,
-    )
-    .await;
+    let identified = client(&app, |config| config.tls = Some(tls(&certs, true))).await;
     assert_eq!(identified.format("mtls").await.unwrap(), "MTLS");
 }
 
 #[test]
 fn a_missing_tls_file_is_an_error_naming_it() {
-    let args = ServerArgs::try_parse_from([
-        "server",
-        "--tls-cert",
-        "/nonexistent/cert.pem",
-        "--tls-key",
-        "/nonexistent/key.pem",
-    ])
-    .unwrap();
+    let config = ServerConfig {
+        tls: Some(TlsFiles {
+            cert: "/nonexistent/cert.pem".into(),
+            key: "/nonexistent/key.pem".into(),
+            client_ca: None,
+        }),
+        ..ServerConfig::default()
+    };
 
-    let error = ServerConfig::from_args(&args)
-        .err()
-        .expect("no such file")
-        .to_string();
+    let error = Server::new(config).err().expect("no such file");
 
-    assert!(error.contains("/nonexistent/"), "{error}");
+    assert!(matches!(error, ConfigError::Tls(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("/nonexistent/cert.pem"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
 async fn gzip_and_zstd_requests_get_replies() {
     let app = spawn_app().await;
-    for compression in ["gzip", "zstd"] {
-        let reply = client(&app, &["--compress", compression], None)
+    for compression in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+        let reply = client(&app, |config| config.compression = Some(compression))
             .await
             .format(&"compress me ".repeat(100))
             .await
             .unwrap();
-        assert_eq!(reply, "COMPRESS ME ".repeat(100), "{compression}");
+        assert_eq!(reply, "COMPRESS ME ".repeat(100), "{compression:?}");
     }
 }
 

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use formatdata::pb::Data;
+use formatdata::server::ServerConfig;
 use tonic::Code;
 
-use crate::helpers::{TestApp, spawn_app, spawn_app_with};
-use crate::raw::{self, DO_FORMAT, data_message, frame};
+use formatdata_test_support::app::{TestApp, spawn_app, spawn_app_with};
+use formatdata_test_support::raw::{self, DO_FORMAT, data_message, frame};
 
 /// The server still answers a normal call.
 async fn assert_still_serving(app: &TestApp) {
@@ -128,7 +129,11 @@ async fn a_request_over_the_size_limit_is_resource_exhausted() {
 #[tokio::test]
 async fn a_reply_over_the_size_limit_is_resource_exhausted() {
     // 300 x "ΐ" is 600 bytes; uppercased it is 1,800, over the 1,000-byte limit.
-    let app = spawn_app_with(&["--max-message-bytes", "1000"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        max_message_bytes: 1000,
+        ..ServerConfig::default()
+    })
+    .await;
 
     let status = app
         .client()

@@ -3,15 +3,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use formatdata::cli::ClientArgs;
-use formatdata::client::{Client, ClientError};
+use formatdata::client::{Client, ClientConfig, ClientError};
 use formatdata::pb::Data;
 use formatdata::pb::format_data_server::{FormatData, FormatDataServer};
 use tokio::runtime::Runtime;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::helpers::{closed_port, spawn_app};
+use formatdata_test_support::app::spawn_app;
+use formatdata_test_support::process::closed_port;
 
 /// A FormatData server that replies with its own name, so a test sees where each call went.
 struct Named(&'static str);
@@ -52,17 +51,13 @@ fn named_server(name: &'static str, addr: &str) -> (Runtime, SocketAddr) {
 }
 
 async fn client(addrs: &[String], retries: u32) -> Client {
-    let args = ClientArgs::try_parse_from([
-        "client",
-        "--addr",
-        &addrs.join(","),
-        "--retries",
-        &retries.to_string(),
-        "--timeout",
-        "5",
-    ])
-    .unwrap();
-    Client::connect(&args).await.unwrap()
+    let config = ClientConfig {
+        targets: addrs.iter().map(|addr| addr.parse().unwrap()).collect(),
+        retries,
+        timeout: Duration::from_secs(5),
+        ..ClientConfig::default()
+    };
+    Client::connect(&config).await.unwrap()
 }
 
 async fn replies(client: &Client, calls: usize) -> Vec<String> {
@@ -186,10 +181,12 @@ async fn a_dns_name_means_every_address_it_resolves_to() {
 
 #[tokio::test]
 async fn a_dns_name_that_resolves_to_nothing_is_a_connect_error() {
-    let args =
-        ClientArgs::try_parse_from(["client", "--addr", "dns:///nothing.invalid:80"]).unwrap();
+    let config = ClientConfig {
+        targets: vec!["dns:///nothing.invalid:80".parse().unwrap()],
+        ..ClientConfig::default()
+    };
 
-    let error = Client::connect(&args).await.unwrap_err();
+    let error = Client::connect(&config).await.unwrap_err();
 
     assert!(matches!(error, ClientError::Connect { .. }), "{error}");
     assert!(error.to_string().contains("nothing.invalid:80"), "{error}");

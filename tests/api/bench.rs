@@ -7,7 +7,8 @@ use formatdata::pb::format_data_server::{FormatData, FormatDataServer};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::helpers::{ServerProcess, run_client, spawn_tonic, stderr, stdout};
+use formatdata_test_support::app::spawn_tonic;
+use formatdata_test_support::process::{ServerProcess, run_client, stderr, stdout};
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
     let output = run_client(&[&["bench", "--json"][..], args].concat());

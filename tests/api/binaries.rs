@@ -2,7 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{ServerProcess, closed_port, run_client, spawn_tonic, stderr, stdout};
+use clap::CommandFactory;
+use formatdata::cli::{ClientArgs, ServerArgs};
+
+use formatdata_test_support::app::spawn_tonic;
+use formatdata_test_support::process::{ServerProcess, closed_port, run_client, stderr, stdout};
 
 #[test]
 fn client_prints_the_uppercased_greeting() {
@@ -133,28 +137,35 @@ fn bad_flag_values_are_one_line_and_exit_2() {
 
 #[test]
 fn help_lists_every_flag_with_its_environment_variable() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(output.status.success());
-    let help = stdout(&output);
-    for flag in [
-        "--addr",
-        "--log-format",
-        "--shutdown-grace",
-        "--tls-cert",
-        "--tls-key",
-        "--tls-client-ca",
-        "--max-message-bytes",
-        "--max-concurrent-streams",
-        "--keepalive-secs",
+    for (binary, command) in [
+        (env!("CARGO_BIN_EXE_server"), ServerArgs::command()),
+        (env!("CARGO_BIN_EXE_client"), ClientArgs::command()),
     ] {
-        let env = format!("FORMATDATA_{}", flag[2..].to_uppercase().replace('-', "_"));
-        assert!(help.contains(flag), "{flag} missing from --help");
-        assert!(help.contains(&env), "{env} missing from --help");
+        let output = std::process::Command::new(binary)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let help = stdout(&output);
+        // Every flag clap knows of, so a new one cannot be left out of this test.
+        let flags: Vec<_> = command
+            .get_arguments()
+            .filter_map(|arg| Some((arg.get_long()?, arg.get_env())))
+            .filter(|(long, _)| !matches!(*long, "help" | "version"))
+            .collect();
+        assert!(flags.len() > 5, "{binary}: {flags:?}");
+        for (long, env) in flags {
+            assert!(
+                help.contains(&format!("--{long}")),
+                "--{long} missing from {binary} --help"
+            );
+            if let Some(env) = env {
+                let env = env.to_string_lossy();
+                assert!(help.contains(&*env), "{env} missing from {binary} --help");
+            }
+        }
+        assert!(help.contains("[default: localhost:8080]"), "{help}");
     }
-    assert!(help.contains("[default: localhost:8080]"), "{help}");
 }
 
 #[test]

@@ -3,15 +3,20 @@
 
 use std::time::{Duration, Instant};
 
+use formatdata::server::ServerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{spawn_app, spawn_app_with};
-use crate::raw;
+use formatdata_test_support::app::{spawn_app, spawn_app_with};
+use formatdata_test_support::raw;
 
 #[tokio::test]
 async fn the_stream_limit_is_announced_to_clients() {
-    let app = spawn_app_with(&["--max-concurrent-streams", "7"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        max_concurrent_streams: 7,
+        ..ServerConfig::default()
+    })
+    .await;
 
     let mut client = raw::connect(app.addr).await;
     // A whole call guarantees the server's SETTINGS frame has been read.
@@ -25,7 +30,11 @@ async fn the_stream_limit_is_announced_to_clients() {
 
 #[tokio::test]
 async fn a_peer_that_stops_answering_pings_is_dropped() {
-    let app = spawn_app_with(&["--keepalive-secs", "1"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        keepalive: Some(Duration::from_secs(1)),
+        ..ServerConfig::default()
+    })
+    .await;
     let mut silent = TcpStream::connect(app.addr).await.unwrap();
     // The HTTP/2 preface and an empty SETTINGS frame; after that this peer reads but never
     // answers, as a peer behind a dead network path would.

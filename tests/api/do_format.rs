@@ -2,7 +2,7 @@
 
 use formatdata::pb::Data;
 
-use crate::helpers::spawn_app;
+use formatdata_test_support::app::spawn_app;
 
 async fn do_format(text: &str) -> String {
     let app = spawn_app().await;
@@ -65,7 +65,7 @@ async fn concurrent_calls_each_get_their_own_reply() {
 
 #[tokio::test]
 async fn a_message_split_across_data_frames_is_reassembled() {
-    use crate::raw::{self, DO_FORMAT, data_message, frame};
+    use formatdata_test_support::raw::{self, DO_FORMAT, data_message, frame};
 
     let app = spawn_app().await;
     let mut client = raw::connect(app.addr).await;

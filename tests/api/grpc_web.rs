@@ -10,11 +10,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use formatdata::server::ServerConfig;
 use formatdata_test_support::env::{self, Node};
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ServerProcess, spawn_app_with, stderr, stdout};
-use crate::raw::http1;
+use formatdata_test_support::app::spawn_app_with;
+use formatdata_test_support::process::{ServerProcess, stderr, stdout};
+use formatdata_test_support::raw::http1;
 
 /// Runs `tests/web/<script>` with `args`.
 fn run(node: &Node, script: &str, args: &[&str]) -> Output {
@@ -167,7 +169,11 @@ fn allowed_origin(response: &str) -> Option<&str> {
 
 #[tokio::test]
 async fn cors_lets_only_the_allowed_origins_call() {
-    let app = spawn_app_with(&["--cors-origin", "https://allowed.example"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        cors_origins: vec![http::HeaderValue::from_static("https://allowed.example")],
+        ..ServerConfig::default()
+    })
+    .await;
 
     let allowed = http1(app.addr, &preflight("https://allowed.example"), b"").await;
     let other = http1(app.addr, &preflight("https://other.example"), b"").await;
@@ -206,7 +212,7 @@ async fn cors_lets_only_the_allowed_origins_call() {
 
 #[tokio::test]
 async fn without_cors_origins_no_other_origin_is_allowed() {
-    let app = spawn_app_with(&[], None).await;
+    let app = spawn_app_with(ServerConfig::default()).await;
 
     let response = http1(app.addr, &preflight("https://allowed.example"), b"").await;
 
@@ -215,7 +221,11 @@ async fn without_cors_origins_no_other_origin_is_allowed() {
 
 #[tokio::test]
 async fn no_playground_keeps_grpc_web_but_not_the_page() {
-    let app = spawn_app_with(&["--no-playground"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        playground: false,
+        ..ServerConfig::default()
+    })
+    .await;
 
     let page = http1(app.addr, GET_PLAYGROUND, b"").await;
     let (head, body) = grpc_web_post("http://t");
@@ -230,7 +240,11 @@ async fn no_playground_keeps_grpc_web_but_not_the_page() {
 
 #[tokio::test]
 async fn grpc_web_off_means_http2_only() {
-    let app = spawn_app_with(&["--grpc-web=false"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        grpc_web: Some(false),
+        ..ServerConfig::default()
+    })
+    .await;
 
     let page = http1(app.addr, GET_PLAYGROUND, b"").await;
 
@@ -281,7 +295,7 @@ fn the_startup_log_points_to_the_playground_on_loopback() {
 async fn a_loopback_server_refuses_browser_requests_for_other_host_names() {
     // A page whose own name was pointed at 127.0.0.1 ("DNS rebinding") is same-origin with
     // itself: CORS cannot stop it, the Host header does.
-    let app = spawn_app_with(&[], None).await;
+    let app = spawn_app_with(ServerConfig::default()).await;
     let rebound = "GET / HTTP/1.1\r\nHost: rebound.example\r\nConnection: close\r\n\r\n";
 
     let page = http1(app.addr, rebound, b"").await;

@@ -2,9 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use formatdata::cli::ClientArgs;
-use formatdata::client::Client;
+use formatdata::client::{Client, ClientConfig};
+use formatdata::server::ServerConfig;
 use prost::Message;
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
@@ -15,7 +14,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use formatdata_test_support::app::{spawn_app, spawn_app_with};
 
 fn check(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
@@ -38,7 +37,11 @@ async fn server_and_formatdata_report_serving() {
 
 #[tokio::test]
 async fn watchers_see_not_serving_when_shutdown_begins_and_shutdown_ends_within_grace() {
-    let app = spawn_app_with(&["--shutdown-grace", "1"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        shutdown_grace: Duration::from_secs(1),
+        ..ServerConfig::default()
+    })
+    .await;
     let mut health = HealthClient::new(app.channel().await);
     let mut server_watch = health.watch(check("")).await.unwrap().into_inner();
     let mut service_watch = health
@@ -76,8 +79,11 @@ async fn watchers_see_not_serving_when_shutdown_begins_and_shutdown_ends_within_
 #[tokio::test]
 async fn reflection_lists_services_and_serves_the_file_defining_data() {
     let app = spawn_app().await;
-    let args = ClientArgs::try_parse_from(["client", "--addr", &app.addr.to_string()]).unwrap();
-    let services = Client::connect(&args)
+    let config = ClientConfig {
+        targets: vec![app.addr.to_string().parse().unwrap()],
+        ..ClientConfig::default()
+    };
+    let services = Client::connect(&config)
         .await
         .unwrap()
         .list_services()

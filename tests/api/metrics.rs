@@ -1,8 +1,11 @@
 //! Prometheus metrics: go-grpc-prometheus names and labels, scraped over HTTP like Prometheus.
 
 use formatdata::pb::Data;
+use formatdata::server::ServerConfig;
 
-use crate::helpers::{closed_port, metric_sample as sample, scrape_metrics, spawn_app_with};
+use formatdata_test_support::app::spawn_app_with;
+use formatdata_test_support::metrics::{metric_sample as sample, scrape_metrics};
+use formatdata_test_support::process::closed_port;
 
 /// `GET /metrics` from the app on `port`, off the async runtime the app runs on.
 async fn scrape(port: u16) -> String {
@@ -14,7 +17,11 @@ async fn scrape(port: u16) -> String {
 #[tokio::test]
 async fn a_thousand_calls_show_in_the_go_grpc_prometheus_metrics() {
     let port = closed_port();
-    let app = spawn_app_with(&["--metrics-addr", &format!("127.0.0.1:{port}")], None).await;
+    let app = spawn_app_with(ServerConfig {
+        metrics_addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        ..ServerConfig::default()
+    })
+    .await;
     let mut client = app.client().await;
     for n in 0..1_000 {
         let text = format!("call {n}");
@@ -28,11 +35,14 @@ async fn a_thousand_calls_show_in_the_go_grpc_prometheus_metrics() {
         .unwrap()
         .into_inner();
     drop(stream_replies); // hang up before reading: a cancelled call
-    let unknown = crate::raw::call(
+    let unknown = formatdata_test_support::raw::call(
         app.addr,
         "/example.FormatData/Nope",
         &[],
-        crate::raw::frame(false, &crate::raw::data_message(b"x")),
+        formatdata_test_support::raw::frame(
+            false,
+            &formatdata_test_support::raw::data_message(b"x"),
+        ),
     )
     .await;
     assert_eq!(unknown.code(), tonic::Code::Unimplemented);
@@ -72,7 +82,11 @@ async fn a_thousand_calls_show_in_the_go_grpc_prometheus_metrics() {
 #[tokio::test]
 async fn stream_messages_are_counted_one_by_one() {
     let port = closed_port();
-    let app = spawn_app_with(&["--metrics-addr", &format!("127.0.0.1:{port}")], None).await;
+    let app = spawn_app_with(ServerConfig {
+        metrics_addr: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        ..ServerConfig::default()
+    })
+    .await;
     let requests = (0..250).map(|n| Data {
         text: format!("message {n}"),
     });

@@ -12,7 +12,8 @@ use std::time::Duration;
 use formatdata_test_support::env;
 use tempfile::TempDir;
 
-use crate::helpers::{Certificates, ServerProcess, forward_lines, run_client, stderr, stdout};
+use formatdata_test_support::certs::Certificates;
+use formatdata_test_support::process::{ServerProcess, forward_lines, run_client, stderr, stdout};
 
 const CRATE_DIR: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -1,10 +1,10 @@
 //! Binding and stopping the server through the library API.
 
-use formatdata::cli::HostPort;
+use formatdata::addr::HostPort;
 use formatdata::pb::Data;
 use formatdata::server::{BindError, Listeners};
 
-use crate::helpers::spawn_app;
+use formatdata_test_support::app::spawn_app;
 
 #[tokio::test]
 async fn shutdown_completes_and_closes_the_port() {

@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use formatdata::server::ServerConfig;
 use h2::SendStream;
 use h2::client::ResponseFuture;
 
 use nix::sys::signal::Signal;
 use tonic::Code;
 
-use crate::helpers::{ServerProcess, spawn_app, spawn_app_with};
-use crate::raw::{self, DO_FORMAT, data_message, frame};
+use formatdata_test_support::app::{spawn_app, spawn_app_with};
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw::{self, DO_FORMAT, data_message, frame};
 
 #[tokio::test]
 async fn a_call_in_progress_when_shutdown_begins_still_gets_its_reply() {
@@ -40,7 +42,11 @@ async fn a_call_in_progress_when_shutdown_begins_still_gets_its_reply() {
 
 #[tokio::test]
 async fn calls_still_running_after_the_grace_period_are_cancelled() {
-    let app = spawn_app_with(&["--shutdown-grace", "0.3"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        ..ServerConfig::default()
+    })
+    .await;
     let (response, _send) = unfinished_call(app.addr).await;
 
     let started = Instant::now();

@@ -5,11 +5,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use formatdata::pb::Data;
+use formatdata::server::ServerConfig;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Streaming};
 
-use crate::helpers::{ServerProcess, TestApp, spawn_app, spawn_app_with, stderr};
+use formatdata_test_support::app::{TestApp, spawn_app, spawn_app_with};
+use formatdata_test_support::process::{ServerProcess, stderr};
 
 fn data(text: impl Into<String>) -> Data {
     Data { text: text.into() }
@@ -94,7 +96,11 @@ async fn a_stream_open_when_shutdown_begins_keeps_working_until_half_close() {
 
 #[tokio::test]
 async fn a_bad_message_ends_the_stream_with_invalid_argument() {
-    let app = spawn_app_with(&["--max-message-bytes", "100"], None).await;
+    let app = spawn_app_with(ServerConfig {
+        max_message_bytes: 100,
+        ..ServerConfig::default()
+    })
+    .await;
     let requests = vec![data("fine"), data("x".repeat(1_000)), data("never read")];
 
     let mut replies = app

@@ -19,8 +19,8 @@ use http::HeaderMap;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 
-use crate::helpers::{ServerProcess, forward_lines};
-use crate::raw;
+use formatdata_test_support::process::{ServerProcess, forward_lines};
+use formatdata_test_support::raw;
 
 /// The token the tests' servers require.
 const TOKEN: &str = "s3cret";

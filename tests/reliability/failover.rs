@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ServerProcess, closed_port, metric_sample, scrape_metrics};
 use crate::{bench_report, serial, start_bench};
+use formatdata_test_support::metrics::{metric_sample, scrape_metrics};
+use formatdata_test_support::process::{ServerProcess, closed_port};
 
 const HANDLED_OK: &str = r#"grpc_server_handled_total{grpc_code="OK",grpc_method="DoFormat",grpc_service="example.FormatData",grpc_type="unary"}"#;
 

@@ -11,8 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::helpers::ServerProcess;
-use crate::{bench_report, raw, serial, start_bench};
+use crate::{bench_report, serial, start_bench};
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
 
 /// Peers of each slow kind.
 const SLOW_PEERS: usize = 50;

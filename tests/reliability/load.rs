@@ -2,15 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::ServerProcess;
-use crate::{bench_report, peak_rss_kib, rss_kib, serial, start_bench};
+use crate::{bench_report, serial, start_bench};
+use formatdata_test_support::process::ServerProcess;
 
 #[test]
 fn ten_thousand_calls_in_flight_fail_none_and_memory_returns_to_idle() {
     let _serial = serial();
     let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
     std::thread::sleep(Duration::from_millis(200));
-    let idle = rss_kib(&server);
+    let idle = server.rss_kib();
 
     let report = bench_report(start_bench(&[
         "--addr",
@@ -27,15 +27,15 @@ fn ten_thousand_calls_in_flight_fail_none_and_memory_returns_to_idle() {
         "60",
     ]));
     assert_eq!(report["requests"], 100_000);
-    let peak = peak_rss_kib(&server);
+    let peak = server.peak_rss_kib();
 
     // The clients are gone; what their calls and connections held must be given back.
     let settled = Instant::now() + Duration::from_secs(10);
     let near_idle = idle + (idle / 2).max(4 * 1024);
-    let mut after = rss_kib(&server);
+    let mut after = server.rss_kib();
     while after > near_idle && Instant::now() < settled {
         std::thread::sleep(Duration::from_millis(200));
-        after = rss_kib(&server);
+        after = server.rss_kib();
     }
     eprintln!("10k in flight: RSS idle {idle} KiB, peak {peak} KiB, after {after} KiB; {report}");
     assert!(
@@ -61,9 +61,9 @@ fn a_minute_at_full_load_keeps_memory_flat() {
         "256",
     ]);
     std::thread::sleep(Duration::from_secs(10).saturating_sub(started.elapsed()));
-    let at_10s = rss_kib(&server);
+    let at_10s = server.rss_kib();
     std::thread::sleep(Duration::from_secs(59).saturating_sub(started.elapsed()));
-    let at_end = rss_kib(&server);
+    let at_end = server.rss_kib();
     let report = bench_report(bench);
 
     eprintln!("soak: RSS at 10 s {at_10s} KiB, at 59 s {at_end} KiB; {report}");

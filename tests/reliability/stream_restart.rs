@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use formatdata::uppercase::uppercase;
 use nix::sys::signal::Signal;
 
-use crate::helpers::{ServerProcess, forward_lines, run_client, stdout};
 use crate::serial;
+use formatdata_test_support::process::{ServerProcess, forward_lines, run_client, stdout};
 
 /// Lines answered one by one before the server goes away, so the stream is known to be live.
 const ANSWERED: usize = 100;

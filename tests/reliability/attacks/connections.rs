@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::assert_serves_normally;
-use crate::helpers::{ServerProcess, forward_lines, server_command};
+use formatdata_test_support::process::{ServerProcess, forward_lines, server_command};
 
 /// Open files allowed to the server in the descriptor-starved test: its own (runtime, listener,
 /// stdio) leave room for a few dozen connections.

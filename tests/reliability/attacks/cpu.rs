@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::{BEARER, Headers, TOKEN, assert_serves_normally};
-use crate::helpers::ServerProcess;
-use crate::{cpu_time, raw, serial};
+use crate::serial;
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
 
 /// Text of the HTTP/2 request: 4 MB, under the default 4 MiB message limit, reply included.
 const BIG_TEXT: usize = 4_000_000;
@@ -106,7 +107,7 @@ async fn cpu_of_call(
     headers: &[(&'static str, &str)],
 ) -> Duration {
     let message = raw::frame(false, &raw::data_message(&vec![b'a'; text_len]));
-    let before = cpu_time(server);
+    let before = server.cpu_time();
     let started = Instant::now();
     let call = async {
         let mut client = raw::connect(server.addrs[0]).await;
@@ -121,10 +122,10 @@ async fn cpu_of_call(
         panic!(
             "{text_len} bytes in {frame_len}-byte frames ({headers:?}) got no reply in \
              {REQUEST_LIMIT:?}; server CPU meanwhile: {:?}",
-            cpu_time(server) - before
+            server.cpu_time() - before
         );
     };
-    let used = cpu_time(server) - before;
+    let used = server.cpu_time() - before;
     assert_eq!(reply.code(), tonic::Code::Ok, "{}", reply.message());
     // ASCII uppercased keeps its length: the whole reply, not an error.
     assert_eq!(reply.body.len(), message.len());
@@ -187,9 +188,9 @@ async fn cpu_of_web_call(
     }
     request.extend_from_slice(b"0\r\n\r\n");
 
-    let before = cpu_time(server);
+    let before = server.cpu_time();
     let (response, closed) = raw::http1_exchange(addr, &request, REQUEST_LIMIT).await;
-    let used = cpu_time(server) - before;
+    let used = server.cpu_time() - before;
     let response = String::from_utf8_lossy(&response);
     assert!(
         closed,

@@ -11,8 +11,9 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use super::{MAX_RSS_KIB, assert_serves_normally};
-use crate::helpers::ServerProcess;
-use crate::{peak_rss_kib, raw, rss_kib, serial};
+use crate::serial;
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
 
 /// Streams of the attack, all on one connection.
 const STREAMS: usize = 48;
@@ -38,7 +39,7 @@ fn stalled_near_limit_messages_leave_memory_bounded() {
             &STALL_TIMEOUT.as_secs().to_string(),
         )],
     );
-    let idle = rss_kib(&server);
+    let idle = server.rss_kib();
     // The prefix, then every byte of the message but its last: the server can never finish it.
     let mut attack = BytesMut::with_capacity(5 + DECLARED - 1);
     attack.put_u8(0);
@@ -65,11 +66,11 @@ fn stalled_near_limit_messages_leave_memory_bounded() {
             panic!(
                 "the attack's bytes were not all sent or refused within {SEND_LIMIT:?}; server \
                  VmHWM {} KiB",
-                peak_rss_kib(&server)
+                server.peak_rss_kib()
             );
         };
         let sent = started.elapsed();
-        let peak = peak_rss_kib(&server);
+        let peak = server.peak_rss_kib();
         eprintln!(
             "{STREAMS} stalled messages of {DECLARED} bytes sent in {sent:?}: server RSS idle \
              {idle} KiB, peak {peak} KiB"
@@ -255,7 +256,7 @@ fn the_deployments_memory_limit_holds_under_an_attack_at_its_budgets() {
     for crowd_first in [true, false] {
         let server = ServerProcess::start_with_env(&["--addr", "127.0.0.1:0"], &env);
         let addr = server.addrs[0];
-        let idle = rss_kib(&server);
+        let idle = server.rss_kib();
         runtime.block_on(async {
             let crowd_all = async {
                 let mut crowds = Vec::new();
@@ -275,7 +276,7 @@ fn the_deployments_memory_limit_holds_under_an_attack_at_its_budgets() {
                 }
             };
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let peak = peak_rss_kib(&server);
+            let peak = server.peak_rss_kib();
             eprintln!(
                 "{} first: {max_connections} connections at the deployment's budgets: idle \
                  {idle} KiB, peak {peak} KiB, limit {} KiB",

@@ -8,8 +8,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::helpers::{ServerProcess, scrape_metrics};
-use crate::{closed_within, metrics_addr, serial};
+use crate::serial;
+use formatdata_test_support::metrics::scrape_metrics;
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw::closed_within;
 
 const PARTIAL_HEAD: &[u8] = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n";
 
@@ -27,7 +29,7 @@ fn metrics_server() -> ServerProcess {
 async fn a_partial_head_to_the_metrics_port_is_closed_within_the_default_stall_timeout() {
     // The default --stall-timeout, 20 s, is the point here.
     let mut server = metrics_server();
-    let mut peer = TcpStream::connect(metrics_addr(&mut server)).await.unwrap();
+    let mut peer = TcpStream::connect(server.metrics_addr()).await.unwrap();
     peer.write_all(PARTIAL_HEAD).await.unwrap();
 
     let limit = Duration::from_secs(30);
@@ -47,7 +49,7 @@ fn the_metrics_port_holds_at_most_32_connections_at_once() {
     let _serial = serial();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut server = metrics_server();
-    let addr = metrics_addr(&mut server);
+    let addr = server.metrics_addr();
     runtime.block_on(async {
         let mut stalled = Vec::new();
         for _ in 0..MAX_CONNECTIONS {

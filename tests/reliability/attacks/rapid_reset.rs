@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use super::{BEARER, GRPC_WEB, Headers, TOKEN, assert_serves_normally};
-use crate::helpers::{ServerProcess, scrape_metrics};
-use crate::{metrics_addr, raw, serial};
+use crate::serial;
+use formatdata_test_support::metrics::scrape_metrics;
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
 
 /// Streams the flood opens, one after another, at most.
 const FLOOD_STREAMS: usize = 3000;
@@ -175,7 +177,7 @@ fn calls_reset_or_abandoned_mid_body_are_cancelled_on_every_path() {
     let mut wrong = Vec::new();
     for (case, server, headers, how) in cases {
         let server = &mut servers[server];
-        let metrics = metrics_addr(server);
+        let metrics = server.metrics_addr();
         let logged_before = cancelled_log_lines(server);
         let before = handled_do_format(metrics);
         runtime.block_on(abandon_mid_body(server.addrs[0], headers, how));

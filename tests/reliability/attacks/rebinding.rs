@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tonic::Code;
 
 use super::GRPC_WEB;
-use crate::helpers::ServerProcess;
-use crate::raw;
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
 
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
 

@@ -8,8 +8,8 @@ use formatdata::uppercase::uppercase;
 use prost::Message;
 use tonic::Code;
 
-use crate::helpers::ServerProcess;
-use crate::raw;
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
 
 const LIMIT: usize = 100;
 

@@ -13,8 +13,9 @@ use tokio::task::JoinSet;
 use tonic::Code;
 
 use super::{MAX_RSS_KIB, assert_serves_normally};
-use crate::helpers::ServerProcess;
-use crate::{closed_within, peak_rss_kib, raw};
+use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::raw;
+use formatdata_test_support::raw::closed_within;
 
 /// `--stall-timeout` and `--idle-timeout` where their defaults are not the point: short, so the
 /// tests are, and apart, so the two are told apart.
@@ -119,7 +120,7 @@ async fn http2_streams_without_a_body_end_deadline_exceeded_and_then_the_idle_co
         "closed {:?} after the streams were opened: --idle-timeout is {IDLE_TIMEOUT:?}",
         started.elapsed()
     );
-    let peak = peak_rss_kib(&server);
+    let peak = server.peak_rss_kib();
     assert!(peak <= MAX_RSS_KIB, "server VmHWM {peak} KiB");
     drop(bodies);
     assert_serves_normally(server.addrs[0]).await;

@@ -2,7 +2,7 @@
 //! headers, no generated stub, so tests can send what a well-behaved client never would.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::SendStream;
@@ -225,3 +225,15 @@ pub fn data_message(text: &[u8]) -> Vec<u8> {
 pub const DO_FORMAT: &str = "/example.FormatData/DoFormat";
 
 pub const DO_FORMAT_STREAM: &str = "/example.FormatData/DoFormatStream";
+
+/// How long `stream` stays open, reading and dropping whatever the server sends; `None` if it is
+/// still open after `limit`. A reset counts as closed.
+pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let opened = Instant::now();
+    let mut buffer = [0; 4096];
+    let closed = async { while stream.read(&mut buffer).await.is_ok_and(|read| read > 0) {} };
+    tokio::time::timeout(limit, closed)
+        .await
+        .ok()
+        .map(|()| opened.elapsed())
+}

@@ -1,7 +1,9 @@
-//! Starting servers for tests: in this process through the library, or as the built binary.
+//! The built binaries, started as a user starts them: the server as a child process whose log
+//! the tests read, the client run to completion; and what `/proc` says about a process.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -9,97 +11,18 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use std::path::Path;
-
-use clap::Parser;
-use formatdata::cli::ServerArgs;
-use formatdata::pb::format_data_client::FormatDataClient;
-use formatdata::server::{self, Listeners, ServeError, ServerConfig};
-use rcgen::{CertificateParams, CertifiedIssuer, DnType, KeyPair};
-use tempfile::TempDir;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::Channel;
-
 /// How long a started process gets to say it is ready before the test gives up on it.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A server running inside the test process, on 127.0.0.1 and a port the OS picked.
-pub struct TestApp {
-    pub addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    serving: JoinHandle<Result<(), ServeError>>,
-}
-
-/// A server with default settings.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[], None).await
-}
-
-/// A server started with these command-line flags and, optionally, an auth token (which the
-/// binary would read from FORMATDATA_AUTH_TOKEN).
-pub async fn spawn_app_with(flags: &[&str], auth_token: Option<&str>) -> TestApp {
-    let mut args =
-        ServerArgs::try_parse_from(["server", "--addr", "127.0.0.1:0"].iter().chain(flags))
-            .expect("valid server flags");
-    args.auth_token = auth_token.map(str::to_owned);
-    let config = ServerConfig::from_args(&args).expect("valid server configuration");
-    let listeners = Listeners::bind(&args.addr)
-        .await
-        .expect("bind a free loopback port");
-    let addr = listeners.local_addrs()[0];
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server::run(listeners, config, async {
-        let _ = stopped.await;
-    }));
-    TestApp {
-        addr,
-        stop,
-        serving,
-    }
-}
-
-impl TestApp {
-    /// A new connection through the generated client, as any tonic user would make it.
-    pub async fn client(&self) -> FormatDataClient<Channel> {
-        FormatDataClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the test server")
-    }
-
-    /// A plain HTTP/2 channel to the server, for stubs other than FormatData.
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the test server")
-    }
-
-    /// Triggers graceful shutdown and waits for the server to finish, returning its result.
-    pub async fn shutdown(self) -> Result<(), ServeError> {
-        self.stop.send(()).expect("server still running");
-        tokio::time::timeout(Duration::from_secs(10), self.serving)
-            .await
-            .expect("server stops within 10 s")
-            .expect("server task did not panic")
-    }
-}
-
-/// `routes` served by a stock tonic server on a free loopback port, for tests that need a
-/// server other than ours. Returns the runtime it runs on (keep it alive) and its address.
-pub fn spawn_tonic(routes: tonic::service::Routes) -> (tokio::runtime::Runtime, String) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    runtime.spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
-    (runtime, addr)
+/// The path of one of the crate's binaries, built by cargo before any test binary runs, next to
+/// the directory the test binary is in (`target/<profile>/deps/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile = exe
+        .ancestors()
+        .nth(2)
+        .expect("target/<profile>/deps/<test>");
+    profile.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// The `server` binary, started as a user would, killed when dropped.
@@ -207,12 +130,79 @@ impl ServerProcess {
     pub fn addr(&self) -> String {
         self.addrs[0].to_string()
     }
+
+    /// The address of its `/metrics` endpoint (`--metrics-addr 127.0.0.1:0`), from the line it
+    /// logs before it starts serving.
+    pub fn metrics_addr(&mut self) -> SocketAddr {
+        let lines = self.log_lines();
+        lines
+            .iter()
+            .find_map(|line| {
+                let (_, rest) = line.split_once("serving Prometheus metrics on http://")?;
+                rest.split_once("/metrics")?.0.parse().ok()
+            })
+            .unwrap_or_else(|| panic!("no metrics address in the log:\n{}", lines.join("\n")))
+    }
+
+    /// Its resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+
+    /// The most resident memory it has had, in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        peak_rss_kib(self.child.id())
+    }
+
+    /// CPU time it has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.child.id())
+    }
+}
+
+/// The resident memory of process `pid` now, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory process `pid` has had, in KiB (Linux).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A size field of `/proc/PID/status`, in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    status
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// CPU time process `pid` has used so far, user and system, all its threads (Linux).
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The command name (field 2) is in parentheses and may hold spaces: count from its end.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("(comm)") + 2..]
+        .split(' ')
+        .collect();
+    // utime and stime, fields 14 and 15 of proc(5); `fields[0]` is field 3.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // In USER_HZ, which Linux fixes at 100 for /proc on the architectures we run on.
+    Duration::from_millis(ticks * 10)
 }
 
 /// The `server` binary with `args`, without the test's own `FORMATDATA_*` and `RUST_LOG`, which
 /// would change what is tested.
 pub fn server_command(args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_server"));
+    let mut command = Command::new(binary("server"));
     command.args(args).env_remove("RUST_LOG");
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("FORMATDATA_") {
@@ -220,27 +210,6 @@ pub fn server_command(args: &[&str]) -> Command {
         }
     }
     command
-}
-
-/// `GET /metrics` over a plain HTTP/1.1 connection, as Prometheus scrapes; returns the body.
-pub fn scrape_metrics(addr: SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain"), "{head}");
-    body.to_owned()
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 impl Drop for ServerProcess {
@@ -264,7 +233,7 @@ pub fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Recei
 
 /// Runs the `client` binary to completion.
 pub fn run_client(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_client"))
+    Command::new(binary("client"))
         .args(args)
         .env_remove("FORMATDATA_ADDR")
         .env_remove("RUST_LOG")
@@ -287,45 +256,4 @@ pub fn stdout(output: &Output) -> String {
 
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A CA, a server certificate for localhost and a client certificate, as PEM files.
-pub struct Certificates {
-    pub dir: TempDir,
-}
-
-impl Certificates {
-    pub fn generate() -> Self {
-        let dir = TempDir::new().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        // Distinct names matter: OpenSSL (grpcio) takes a leaf named like its issuer for a
-        // self-signed certificate.
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "formatdata test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        write(dir.path(), "ca.pem", &ca.pem());
-        for (name, subject) in [
-            ("server", "localhost"),
-            ("client", "formatdata-test-client"),
-        ] {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(vec![subject.to_owned()]).unwrap();
-            params.distinguished_name.push(DnType::CommonName, subject);
-            let certificate = params.signed_by(&key, &ca).unwrap();
-            write(dir.path(), &format!("{name}.pem"), &certificate.pem());
-            write(dir.path(), &format!("{name}.key"), &key.serialize_pem());
-        }
-        Self { dir }
-    }
-
-    pub fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).display().to_string()
-    }
-}
-
-fn write(dir: &Path, name: &str, contents: &str) {
-    std::fs::write(dir.join(name), contents).unwrap();
 }
