@@ -90,6 +90,29 @@ fn assert_linear(what: &str, quarter: Duration, full: Duration) {
     );
 }
 
+/// On each path, the CPU `cost` of a request of `text_len` bytes, and of one of a quarter of
+/// that: linear ([`assert_linear`]), and the fast path's within twice tonic's path's; the server
+/// still serves normally afterwards.
+fn assert_linear_on_both_paths(
+    what: &str,
+    text_len: usize,
+    cost: impl AsyncFn(&ServerProcess, usize, Headers) -> Duration,
+) {
+    let _serial = serial();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut full = Vec::new();
+    for (path, server, headers) in servers() {
+        runtime.block_on(async {
+            let quarter = least(QUARTER_MEASURES, || cost(&server, text_len / 4, headers)).await;
+            let whole = least(WHOLE_MEASURES, || cost(&server, text_len, headers)).await;
+            assert_linear(&format!("{what}, {path}"), quarter, whole);
+            full.push(whole);
+            assert_serves_normally(server.addrs[0]).await;
+        });
+    }
+    assert_fast_path_within_twice_tonic(what, full[0], full[1]);
+}
+
 /// Fails unless the fast path costs at most twice what tonic's path does.
 fn assert_fast_path_within_twice_tonic(what: &str, tonic: Duration, fast: Duration) {
     assert!(
@@ -138,28 +161,10 @@ async fn cpu_of_call(
 
 #[test]
 fn a_request_in_64_byte_frames_costs_cpu_linear_in_its_bytes() {
-    let _serial = serial();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut full = Vec::new();
-    for (path, server, headers) in servers() {
-        runtime.block_on(async {
-            let quarter = least(QUARTER_MEASURES, || {
-                cpu_of_call(&server, BIG_TEXT / 4, TINY_FRAME, headers)
-            })
-            .await;
-            let whole = least(WHOLE_MEASURES, || {
-                cpu_of_call(&server, BIG_TEXT, TINY_FRAME, headers)
-            })
-            .await;
-            assert_linear(&format!("{path}, {TINY_FRAME}-byte frames"), quarter, whole);
-            full.push(whole);
-            assert_serves_normally(server.addrs[0]).await;
-        });
-    }
-    assert_fast_path_within_twice_tonic(
-        &format!("4 MB in {TINY_FRAME}-byte frames"),
-        full[0],
-        full[1],
+    assert_linear_on_both_paths(
+        &format!("{BIG_TEXT} bytes in {TINY_FRAME}-byte frames"),
+        BIG_TEXT,
+        async |server, text_len, headers| cpu_of_call(server, text_len, TINY_FRAME, headers).await,
     );
 }
 
@@ -208,32 +213,12 @@ async fn cpu_of_web_call(
 
 #[test]
 fn a_grpc_web_body_in_16_byte_chunks_costs_cpu_linear_in_its_bytes() {
-    let _serial = serial();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut full = Vec::new();
     // gRPC-Web is on by default on loopback.
-    for (path, server, headers) in servers() {
-        runtime.block_on(async {
-            let quarter = least(QUARTER_MEASURES, || {
-                cpu_of_web_call(&server, WEB_TEXT / 4, TINY_CHUNK, headers)
-            })
-            .await;
-            let whole = least(WHOLE_MEASURES, || {
-                cpu_of_web_call(&server, WEB_TEXT, TINY_CHUNK, headers)
-            })
-            .await;
-            assert_linear(
-                &format!("gRPC-Web on {path}, {TINY_CHUNK}-byte chunks"),
-                quarter,
-                whole,
-            );
-            full.push(whole);
-            assert_serves_normally(server.addrs[0]).await;
-        });
-    }
-    assert_fast_path_within_twice_tonic(
-        &format!("1 MB of gRPC-Web in {TINY_CHUNK}-byte chunks"),
-        full[0],
-        full[1],
+    assert_linear_on_both_paths(
+        &format!("{WEB_TEXT} bytes of gRPC-Web in {TINY_CHUNK}-byte chunks"),
+        WEB_TEXT,
+        async |server, text_len, headers| {
+            cpu_of_web_call(server, text_len, TINY_CHUNK, headers).await
+        },
     );
 }

@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::SendStream;
+use h2::client::{ResponseFuture, SendRequest};
 use tokio::task::JoinSet;
 use tonic::Code;
 
@@ -40,29 +42,11 @@ fn stalled_near_limit_messages_leave_memory_bounded() {
         )],
     );
     let idle = server.rss_kib();
-    // The prefix, then every byte of the message but its last: the server can never finish it.
-    let mut attack = BytesMut::with_capacity(5 + DECLARED - 1);
-    attack.put_u8(0);
-    attack.put_u32(DECLARED as u32);
-    attack.put_bytes(b'a', DECLARED - 1);
-    let attack = attack.freeze();
 
     runtime.block_on(async {
-        let mut client = raw::connect(server.addrs[0]).await;
+        let client = raw::connect(server.addrs[0]).await;
         let started = Instant::now();
-        let mut streams = JoinSet::new();
-        for _ in 0..STREAMS {
-            client = client.ready().await.expect("the connection takes streams");
-            let (response, mut send) = raw::start_call(&mut client, raw::DO_FORMAT, &[]);
-            let attack = attack.clone();
-            streams.spawn(async move {
-                // A stream the server refuses stops taking bytes: that is the defence, not a
-                // failure of the attack.
-                let _ = raw::send_in_frames(&mut send, attack, 16 * 1024).await;
-                (response, send)
-            });
-        }
-        let Ok(streams) = tokio::time::timeout(SEND_LIMIT, streams.join_all()).await else {
+        let Some(streams) = stalled_messages(client, STREAMS).await else {
             panic!(
                 "the attack's bytes were not all sent or refused within {SEND_LIMIT:?}; server \
                  VmHWM {} KiB",
@@ -205,30 +189,44 @@ async fn crowd(addr: SocketAddr) -> impl Sized {
 /// Stalled messages of the largest size on new connections, as many as the budgets take and one
 /// connection more. Returns what must stay alive.
 async fn fill_budgets(addr: SocketAddr, per_connection: usize, total: usize) -> impl Sized {
+    let mut held = Vec::new();
+    for _ in 0..total / per_connection + 1 {
+        let (client, task) = raw::connect_with_task(addr).await;
+        let streams = stalled_messages(client, per_connection / DECLARED + 1)
+            .await
+            .expect("the budget attack's bytes sent or refused in time");
+        held.push((task, streams));
+    }
+    held
+}
+
+/// `count` streams on `client`'s connection, each sending the prefix of a message [`DECLARED`]
+/// long and every byte of it but the last, so the server can never finish it; `None` if the
+/// bytes were not all sent or refused within [`SEND_LIMIT`]. Returns what must stay alive.
+async fn stalled_messages(
+    mut client: SendRequest<Bytes>,
+    count: usize,
+) -> Option<Vec<(ResponseFuture, SendStream<Bytes>)>> {
     let mut attack = BytesMut::with_capacity(5 + DECLARED - 1);
     attack.put_u8(0);
     attack.put_u32(DECLARED as u32);
     attack.put_bytes(b'a', DECLARED - 1);
     let attack = attack.freeze();
-    let mut held = Vec::new();
-    for _ in 0..total / per_connection + 1 {
-        let (mut client, task) = raw::connect_with_task(addr).await;
-        let mut streams = JoinSet::new();
-        for _ in 0..per_connection / DECLARED + 1 {
-            client = client.ready().await.expect("the connection takes streams");
-            let (response, mut send) = raw::start_call(&mut client, raw::DO_FORMAT, &[]);
-            let attack = attack.clone();
-            streams.spawn(async move {
-                let _ = raw::send_in_frames(&mut send, attack, 16 * 1024).await;
-                (response, send)
-            });
-        }
-        let streams = tokio::time::timeout(SEND_LIMIT, streams.join_all())
-            .await
-            .expect("the budget attack's bytes sent or refused in time");
-        held.push((client, task, streams));
+    let mut streams = JoinSet::new();
+    for _ in 0..count {
+        client = client.ready().await.expect("the connection takes streams");
+        let (response, mut send) = raw::start_call(&mut client, raw::DO_FORMAT, &[]);
+        let attack = attack.clone();
+        streams.spawn(async move {
+            // A stream the server refuses stops taking bytes: that is the defence, not a
+            // failure of the attack.
+            let _ = raw::send_in_frames(&mut send, attack, 16 * 1024).await;
+            (response, send)
+        });
     }
-    held
+    tokio::time::timeout(SEND_LIMIT, streams.join_all())
+        .await
+        .ok()
 }
 
 /// An attack at the budgets `deploy/kubernetes` configures must not take the pod past its
