@@ -67,6 +67,8 @@ pub(crate) struct Method {
     /// `DoFormat`.
     pub name: String,
     pub kind: Kind,
+    /// Its place in [`served`]'s table, for tables of per-method things.
+    pub index: usize,
 }
 
 /// A set of methods, found by path.
@@ -88,7 +90,9 @@ impl Methods {
                     for method in &service.method {
                         let path = format!("/{service_name}/{}", method.name());
                         if methods.find(&path).is_none() {
+                            let index = methods.0.len();
                             methods.0.push(Method {
+                                index,
                                 path,
                                 service: service_name.clone(),
                                 name: method.name().to_owned(),
@@ -108,6 +112,10 @@ impl Methods {
     /// The method whose calls go to `path`; a handful of methods, so a scan is quickest.
     pub(crate) fn find(&self, path: &str) -> Option<&Method> {
         self.0.iter().find(|method| method.path == path)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Method> {
+        self.0.iter()
     }
 
     /// The method `name` of `service`.

@@ -130,7 +130,7 @@ where
             RequestBody::new(
                 body,
                 one_request,
-                metrics.as_ref().map(|metrics| metrics.received.clone()),
+                metrics.as_ref().map(CallMetrics::received),
                 self.connection.clone(),
                 gone.clone(),
                 self.stall_timeout,
@@ -265,7 +265,7 @@ impl CallLog {
     /// Counts the reply messages that begin in `data`.
     fn sending(&mut self, data: &[u8]) {
         if let Some(metrics) = &self.metrics {
-            metrics.sent.inc_by(self.sent.feed(data));
+            metrics.sent(self.sent.feed(data));
         }
     }
 

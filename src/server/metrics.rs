@@ -16,26 +16,37 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
     TextEncoder,
 };
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tracing::debug;
 
-use crate::grpc::methods::Method;
+use crate::grpc::methods::{self, Method};
 use crate::grpc::status::go_code_name;
 use crate::server::listen::Acceptor;
 
 /// Connections the endpoint serves at once: scrapers are few.
 pub(super) const MAX_METRICS_CONNECTIONS: usize = 32;
 
-/// The gRPC server metrics, registered in their own registry.
+/// The gRPC server metrics, registered in their own registry, with every series of every
+/// method the server serves made at startup, as go-grpc-prometheus makes them (so dashboards
+/// see zeros rather than nothing), and kept at hand: a call touches a few counters it already
+/// holds, never a label lookup.
 #[derive(Clone)]
 pub(super) struct GrpcMetrics {
     registry: Registry,
-    started: IntCounterVec,
-    handled: IntCounterVec,
-    received: IntCounterVec,
-    sent: IntCounterVec,
-    handling: HistogramVec,
+    /// Each method's series, in the order of the method table.
+    methods: Arc<[Arc<MethodMetrics>]>,
+}
+
+/// One method's series.
+struct MethodMetrics {
+    started: IntCounter,
+    /// By code, in code order.
+    handled: Vec<IntCounter>,
+    received: IntCounter,
+    sent: IntCounter,
+    handling: Histogram,
 }
 
 impl GrpcMetrics {
@@ -44,70 +55,78 @@ impl GrpcMetrics {
         let counter = |name: &str, help: &str, labels: &[&str]| {
             IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
         };
-        let metrics = Self {
-            registry: Registry::new(),
-            started: counter(
-                "grpc_server_started_total",
-                "Total number of RPCs started on the server.",
-                &labels,
+        let started = counter(
+            "grpc_server_started_total",
+            "Total number of RPCs started on the server.",
+            &labels,
+        );
+        let handled = counter(
+            "grpc_server_handled_total",
+            "Total number of RPCs completed on the server, regardless of success or failure.",
+            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+        );
+        let received = counter(
+            "grpc_server_msg_received_total",
+            "Total number of RPC stream messages received on the server.",
+            &labels,
+        );
+        let sent = counter(
+            "grpc_server_msg_sent_total",
+            "Total number of gRPC stream messages sent by the server.",
+            &labels,
+        );
+        let handling = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
             ),
-            handled: counter(
-                "grpc_server_handled_total",
-                "Total number of RPCs completed on the server, regardless of success or failure.",
-                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            ),
-            received: counter(
-                "grpc_server_msg_received_total",
-                "Total number of RPC stream messages received on the server.",
-                &labels,
-            ),
-            sent: counter(
-                "grpc_server_msg_sent_total",
-                "Total number of gRPC stream messages sent by the server.",
-                &labels,
-            ),
-            handling: HistogramVec::new(
-                HistogramOpts::new(
-                    "grpc_server_handling_seconds",
-                    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
-                ),
-                &labels,
-            )
-            .expect("valid metric"),
-        };
+            &labels,
+        )
+        .expect("valid metric");
+        let methods = methods::served()
+            .iter()
+            .map(|method| {
+                let labels = [
+                    method.kind.label(),
+                    method.service.as_str(),
+                    method.name.as_str(),
+                ];
+                Arc::new(MethodMetrics {
+                    started: started.with_label_values(&labels),
+                    handled: (0..=Code::Unauthenticated as i32)
+                        .map(|code| {
+                            let [kind, service, name] = labels;
+                            let code = go_code_name(Code::from_i32(code));
+                            handled.with_label_values(&[kind, service, name, code])
+                        })
+                        .collect(),
+                    received: received.with_label_values(&labels),
+                    sent: sent.with_label_values(&labels),
+                    handling: handling.with_label_values(&labels),
+                })
+            })
+            .collect();
+        let registry = Registry::new();
         for collector in [
-            Box::new(metrics.started.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(metrics.handled.clone()),
-            Box::new(metrics.received.clone()),
-            Box::new(metrics.sent.clone()),
-            Box::new(metrics.handling.clone()),
+            Box::new(started) as Box<dyn prometheus::core::Collector>,
+            Box::new(handled),
+            Box::new(received),
+            Box::new(sent),
+            Box::new(handling),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
-            metrics
-                .registry
-                .register(collector)
-                .expect("distinct metric names");
+            registry.register(collector).expect("distinct metric names");
         }
-        metrics
+        Self { registry, methods }
     }
 
     /// Counts a call to `method` as started. Only methods the server has are counted, as
     /// go-grpc-prometheus counts only registered ones: an unknown path must not mint new label
     /// values (and time series) at a caller's whim.
     pub(super) fn start(&self, method: &'static Method) -> CallMetrics {
-        let labels = [
-            method.kind.label(),
-            method.service.as_str(),
-            method.name.as_str(),
-        ];
-        self.started.with_label_values(&labels).inc();
-        CallMetrics {
-            handled: self.handled.clone(),
-            labels,
-            received: self.received.with_label_values(&labels),
-            sent: self.sent.with_label_values(&labels),
-            handling: self.handling.with_label_values(&labels),
-        }
+        let series = self.methods[method.index].clone();
+        series.started.inc();
+        CallMetrics { series }
     }
 
     /// The text exposition of every metric.
@@ -126,25 +145,26 @@ impl Default for GrpcMetrics {
     }
 }
 
-/// One call's metrics, resolved once when it starts.
+/// One call's metrics.
 pub(super) struct CallMetrics {
-    handled: IntCounterVec,
-    labels: [&'static str; 3],
-    /// Incremented per request message, by the request body as it is read.
-    pub received: IntCounter,
-    /// Incremented per reply message, by the reply body as it is sent.
-    pub sent: IntCounter,
-    handling: Histogram,
+    series: Arc<MethodMetrics>,
 }
 
 impl CallMetrics {
+    /// The counter of request messages, for the request body to count them as they come.
+    pub(super) fn received(&self) -> IntCounter {
+        self.series.received.clone()
+    }
+
+    /// Counts `messages` more reply messages.
+    pub(super) fn sent(&self, messages: u64) {
+        self.series.sent.inc_by(messages);
+    }
+
     /// Counts the call as handled with `code`, after `seconds`.
     pub(super) fn finish(&self, code: Code, seconds: f64) {
-        let [kind, service, method] = self.labels;
-        self.handled
-            .with_label_values(&[kind, service, method, go_code_name(code)])
-            .inc();
-        self.handling.observe(seconds);
+        self.series.handled[code as usize].inc();
+        self.series.handling.observe(seconds);
     }
 }
 
@@ -193,7 +213,6 @@ fn respond<B>(request: &Request<B>, metrics: &GrpcMetrics) -> Response<Full<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grpc::methods;
 
     #[test]
     fn calls_are_counted_with_go_grpc_prometheus_labels() {
