@@ -34,10 +34,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 async fn serve(socket: TcpStream) -> Result<(), h2::Error> {
     // h2's default settings, but for the stream limit, which is formatdata's.
-    let mut connection = h2::server::Builder::new()
+    let handshake = h2::server::Builder::new()
         .max_concurrent_streams(256)
         .handshake(socket)
-        .await?;
+        .await;
+    // A peer that leaves before speaking HTTP/2 is no error here: compare.sh's port probe does.
+    let Ok(mut connection) = handshake else {
+        return Ok(());
+    };
     while let Some(stream) = connection.accept().await {
         let (request, respond) = stream?;
         // A task per stream, as hyper and formatdata do: the connection task keeps driving
