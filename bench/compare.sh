@@ -1,18 +1,30 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of FormatData servers, in one run on one machine:
-#   formatdata (this crate, release build), a stock tonic server (bench/baseline-tonic, written
-#   like tonic's helloworld example), and the Python grpcio server from the interop tests.
+# Side-by-side benchmark of FormatData servers, in one run on one machine (issue 13's yardstick):
+#   formatdata          this crate, release build, default flags
+#   formatdata+metrics  the same with --metrics-addr 127.0.0.1:0 (the Prometheus endpoint on)
+#   tonic-tuned         bench/baseline-tonic-tuned: the stock server as a user tunes it in ten
+#                       minutes (mimalloc, fat LTO, codegen-units 1, current-thread runtime)
+#   h2-floor            bench/floor-h2: the `h2` crate alone, no gRPC layer, built the same way
+#   tonic               bench/baseline-tonic: stock tonic, written like tonic's helloworld example
+#   python              the Python grpcio server from the interop tests
 #
 # For each server, pinned to SERVER_CPUS with taskset while the load generator runs on LOAD_CPUS:
 #   1. throughput: h2load, unary DoFormat "hello,world!", CONNECTIONS x STREAMS, WARMUP s then
-#      DURATION s measured; the server's CPU seconds per 100k calls and its peak RSS;
+#      DURATION s measured; the server's CPU seconds per 100k calls, its peak RSS (VmHWM, the
+#      highest of the rounds) and the calls h2load saw fail;
 #   2. latency: h2load with 1 connection x 1 stream (mean);
-#   3. latency at a fixed rate: `client bench --rate` at half of the baseline's peak (p50, p99),
-#      STREAMS calls in flight at most over CONNECTIONS connections (open loop: calls start on
-#      schedule, and a late one counts from when it was due).
-# Then the same throughput run with the servers given 2 CPUs (the load generator shares them).
+#   3. latency at a fixed rate: `client bench --rate` at half of the tuned tonic's median peak
+#      (p50, p99), STREAMS calls in flight at most over CONNECTIONS connections (open loop: calls
+#      start on schedule, and a late one counts from when it was due). A server whose peak is
+#      below that rate is not run: its queue would only grow, and the run with it.
+# Then the same throughput run for TWO_CPU_SERVERS given 2 CPUs (the load generator shares them).
+# Last, formatdata's ratio to each server and issue 13's goals beside the figures.
 #
 # Usage: bench/compare.sh [--smoke]     (--smoke: 2-second runs, for CI; figures meaningless)
+# Settings (environment): SERVERS="formatdata tonic-tuned h2-floor" to run only some (the
+#   fixed rate then comes from the tuned tonic if it runs, else from the first server; RATE=N
+#   sets it); DURATION, WARMUP, LATENCY_DURATION, ROUNDS, CONNECTIONS, STREAMS, SERVER_CPUS,
+#   LOAD_CPUS, TWO_CPUS, TWO_CPU_SERVERS.
 # Needs: h2load (Debian: nghttp2-client), taskset, python3. Builds what it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,9 +32,19 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} LATENCY_DURATION=${LATENCY_DURATION:-5} ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16} STREAMS=${STREAMS:-64}
 SERVER_CPUS=${SERVER_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-1} TWO_CPUS=${TWO_CPUS:-0,1}
+SERVERS=${SERVERS:-formatdata formatdata+metrics tonic-tuned h2-floor tonic python}
+TWO_CPU_SERVERS=${TWO_CPU_SERVERS:-tonic formatdata}
 if [ "${1:-}" = "--smoke" ]; then
   DURATION=2 WARMUP=1 LATENCY_DURATION=1 ROUNDS=1
 fi
+read -r -a servers <<<"$SERVERS"
+running() { [[ " ${servers[*]} " == *" $1 "* ]]; }
+for name in "${servers[@]}"; do
+  case $name in
+    formatdata | formatdata+metrics | tonic-tuned | h2-floor | tonic | python) ;;
+    *) echo "compare.sh: unknown server '$name' in SERVERS" >&2; exit 1 ;;
+  esac
+done
 
 for tool in h2load taskset python3; do
   command -v "$tool" >/dev/null || { echo "compare.sh: $tool not found (h2load: apt-get install nghttp2-client)" >&2; exit 1; }
@@ -33,15 +55,27 @@ server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
+# Each build timed, since CI pays for them: the baselines are crates of their own, built from
+# scratch on a fresh clone.
+build() {
+  local started=$SECONDS
+  "$@"
+  echo "   ($((SECONDS - started)) s)" >&2
+}
 echo "building (release)..." >&2
-cargo build --release --quiet --bins
-cargo build --release --quiet --manifest-path bench/baseline-tonic/Cargo.toml
-# The virtual environment the interop tests set up (tests/support/src/env.rs), made here if the
-# tests have not run yet.
-python=target/test-env/python/bin/python
-[ -x "$python" ] || python3 -m venv target/test-env/python
-"$python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-"$python" -m grpc_tools.protoc -Iproto --python_out="$work" --grpc_python_out="$work" data.proto
+# The client is always needed: it checks every server's replies before it is measured.
+build cargo build --release --quiet --bins
+if running tonic; then build cargo build --release --quiet --manifest-path bench/baseline-tonic/Cargo.toml; fi
+if running tonic-tuned; then build cargo build --release --quiet --manifest-path bench/baseline-tonic-tuned/Cargo.toml; fi
+if running h2-floor; then build cargo build --release --quiet --manifest-path bench/floor-h2/Cargo.toml; fi
+if running python; then
+  # The virtual environment the interop tests set up (tests/support/src/env.rs), made here if the
+  # tests have not run yet.
+  python=target/test-env/python/bin/python
+  [ -x "$python" ] || python3 -m venv target/test-env/python
+  "$python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  "$python" -m grpc_tools.protoc -Iproto --python_out="$work" --grpc_python_out="$work" data.proto
+fi
 client=target/release/client
 
 # The request h2load sends: one gRPC frame holding example.Data{text: "hello,world!"}.
@@ -54,6 +88,11 @@ start() {
   port=$(free_port)
   case $1 in
     formatdata) taskset -c "$2" target/release/server --addr "127.0.0.1:$port" 2>/dev/null & ;;
+    # Its log names the metrics port it was given.
+    formatdata+metrics) taskset -c "$2" target/release/server --addr "127.0.0.1:$port" \
+      --metrics-addr 127.0.0.1:0 2>"$work/metrics.log" & ;;
+    tonic-tuned) taskset -c "$2" bench/baseline-tonic-tuned/target/release/baseline-tonic-tuned "127.0.0.1:$port" >/dev/null & ;;
+    h2-floor) taskset -c "$2" bench/floor-h2/target/release/floor-h2 "127.0.0.1:$port" >/dev/null & ;;
     tonic) taskset -c "$2" bench/baseline-tonic/target/release/baseline-tonic "127.0.0.1:$port" >/dev/null & ;;
     python) PYTHONPATH="$work" taskset -c "$2" "$python" tests/python/tutorial_server.py "127.0.0.1:$port" >/dev/null & ;;
   esac
@@ -66,28 +105,43 @@ start() {
   # Every reply checked once before measuring: a fast wrong server would be no result.
   errors=$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" --requests 200 --concurrency 4 --json | python3 -c 'import json,sys; print(sum(json.load(sys.stdin)["errors"].values()))')
   [ "$errors" = 0 ] || { echo "compare.sh: $1 gave $errors wrong replies" >&2; exit 1; }
+  if [ "$1" = formatdata+metrics ]; then
+    # The endpoint must be up and counting, or this variant measures nothing more than the first.
+    python3 - "$work/metrics.log" <<'PY' >&2 || exit 1
+import re, sys, urllib.request
+url = re.search(r"http://[0-9.:]+/metrics", open(sys.argv[1]).read()).group(0)
+text = urllib.request.urlopen(url, timeout=5).read().decode()
+calls = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith("grpc_server_handled_total{"))
+if calls < 200:
+    sys.exit(f"compare.sh: {url} counted {calls:.0f} calls of the 200 just made")
+print(f"   metrics at {url}: {calls:.0f} calls counted")
+PY
+  fi
 }
 
-# SIGTERM: background jobs of a script ignore SIGINT, and the baseline installs no handler.
+# SIGTERM: background jobs of a script ignore SIGINT, and the baselines install no handler.
 stop() { kill -TERM "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 
 cpu_seconds() { awk -v tck="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / tck }' "/proc/$server_pid/stat"; }
 rss_mib() { awk -v key="$1:" '$1 == key { printf "%.1f", $2 / 1024 }' "/proc/$server_pid/status"; }
 
-# h2load CONNECTIONS STREAMS SECONDS CPUS: prints "req/s mean_latency_us succeeded".
+# h2load CONNECTIONS STREAMS SECONDS CPUS: prints "req/s mean_latency_us succeeded failed".
+# h2load counts a call as failed on a non-2xx status or a stream or connection error; it does
+# not read grpc-status, which start's check and the fixed-rate run do.
 h2() {
   taskset -c "$4" h2load -c "$1" -m "$2" -D "$3" -H 'content-type: application/grpc' -H 'te: trailers' \
     -d "$work/request.bin" "http://127.0.0.1:$port/example.FormatData/DoFormat" 2>&1 | awk '
       function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1000000 }
       /^finished in/ { rps = $4 }
-      /^requests:/ { ok = $8 }
+      /^requests:/ { ok = $8; failed = $10 }
       /^time for request:/ { mean = us($6) }
-      END { printf "%s %.0f %s\n", rps, mean, ok }'
+      END { printf "%s %.0f %s %s\n", rps, mean, ok, failed }'
 }
 
-declare -A rps mean cpu idle peak p50 p99 rps2 cores2 rounds_rps rounds_cpu
-servers=(tonic formatdata python)
+declare -A rps mean cpu idle peak failed p50 p99 rps2 cores2 rounds_rps rounds_cpu
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
+max() { python3 -c 'import sys; print(max(float(v) for v in sys.argv[1:]))' "$@"; }
 
 # Throughput, ROUNDS times with the servers taking turns, so a slow patch of this (shared,
 # noisy) machine hits all of them alike; the table shows the medians.
@@ -98,11 +152,12 @@ for round in $(seq "$ROUNDS"); do
     [ "$round" = 1 ] && idle[$name]=$(rss_mib VmRSS)
     h2 "$CONNECTIONS" "$STREAMS" "$WARMUP" "$LOAD_CPUS" >/dev/null
     before=$(cpu_seconds)
-    read -r r _ done <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
+    read -r r _ done fails <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
     after=$(cpu_seconds)
     rounds_rps[$name]+=" $r"
     rounds_cpu[$name]+=" $(python3 -c "print(($after - $before) / max(int('${done:-0}'), 1) * 100000)")"
-    peak[$name]=$(rss_mib VmHWM)
+    peak[$name]=$(max "${peak[$name]:-0}" "$(rss_mib VmHWM)")
+    failed[$name]=$((${failed[$name]:-0} + ${fails:-0}))
     stop
   done
 done
@@ -113,34 +168,50 @@ for name in "${servers[@]}"; do
   cpu[$name]=$(python3 -c "print(f'{$(median ${rounds_cpu[$name]}):.2f}')")
 done
 
-# Latency: one call at a time, then a fixed rate of half the baseline's median peak.
-rate=$(python3 -c "print(max(int(float('${rps[tonic]}') / 2), 1))")
+# The issue's latency goal is set against the tuned tonic at half its peak.
+if [ -n "${RATE:-}" ]; then
+  rate=$RATE rate_from="RATE"
+elif running tonic-tuned; then
+  rate_from="half the tuned tonic's median peak"
+  rate=$(python3 -c "print(max(int(float('${rps[tonic-tuned]}') / 2), 1))")
+else
+  rate_from="half of ${servers[0]}'s median peak"
+  rate=$(python3 -c "print(max(int(float('${rps[${servers[0]}]}') / 2), 1))")
+fi
+
+# Latency: one call at a time, then the fixed rate.
 for name in "${servers[@]}"; do
   echo "== latency: $name" >&2
   start "$name" "$SERVER_CPUS"
-  read -r _ mean[$name] _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
-  read -r p50[$name] p99[$name] <<<"$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
-    --connections "$CONNECTIONS" --concurrency "$STREAMS" --rate "$rate" --duration "$DURATION" --json |
-    python3 -c 'import json,sys; r=json.load(sys.stdin)["latency_us"]; print(r["p50"], r["p99"])')"
+  read -r _ mean[$name] _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
+  if python3 -c "import sys; sys.exit(float('${rps[$name]}') < $rate)"; then
+    read -r p50[$name] p99[$name] errors <<<"$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
+      --connections "$CONNECTIONS" --concurrency "$STREAMS" --rate "$rate" --duration "$DURATION" --json |
+      python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_us"]; print(l["p50"], l["p99"], sum(r["errors"].values()))')"
+    failed[$name]=$((${failed[$name]} + errors))
+  else
+    p50[$name]=sat. p99[$name]=sat.
+  fi
   if [ "$name" = formatdata ]; then
     # The load generator's own efficiency: client bench with h2load's connections and calls
     # in flight (CONNECTIONS x STREAMS), on the same single CPU, against the same server.
-    read -r h2load_rps _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
+    read -r h2load_rps _ _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
     bench_rps=$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
       --connections "$CONNECTIONS" --concurrency "$((CONNECTIONS * STREAMS))" --duration "$DURATION" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])')
   fi
-  peak[$name]=$(python3 -c "print(max(float('${peak[$name]}'), float('$(rss_mib VmHWM)')))")
   stop
 done
 
-for name in tonic formatdata; do
+for name in $TWO_CPU_SERVERS; do
+  running "$name" || continue
   echo "== $name, 2 CPUs ($TWO_CPUS), load generator sharing them" >&2
   start "$name" "$TWO_CPUS"
   h2 "$CONNECTIONS" "$STREAMS" "$WARMUP" "$TWO_CPUS" >/dev/null
   before=$(cpu_seconds)
-  read -r rps2[$name] _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$TWO_CPUS")"
+  read -r r _ _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$TWO_CPUS")"
   after=$(cpu_seconds)
+  rps2[$name]=$(python3 -c "print(round(float('${r:-0}')))")
   # CPUs the server kept busy: above 1 means it spread over both.
   cores2[$name]=$(python3 -c "print(f'{($after - $before) / $DURATION:.2f}')")
   stop
@@ -149,18 +220,60 @@ done
 ratio() { python3 -c "a, b = float('$1' or 0), float('$2' or 0); print(f'{a / b:.2f}x' if b else '-')"; }
 echo
 echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
-echo "h2load: ${CONNECTIONS} connections x ${STREAMS} streams, ${DURATION} s after ${WARMUP} s warm-up, median of $ROUNDS rounds; fixed rate ${rate}/s"
-printf '%-11s %9s %7s %12s %9s %9s %11s %9s %9s %11s %10s\n' server "req/s" "vs fd" "mean(1x1)us" "p50@rate" "p99@rate" "CPU s/100k" "idle MiB" "peak MiB" "req/s 2CPU" "CPUs used"
+echo "h2load: ${CONNECTIONS} connections x ${STREAMS} streams, ${DURATION} s after ${WARMUP} s warm-up, median of $ROUNDS rounds; fixed rate ${rate}/s ($rate_from)"
+printf '%-18s %9s %7s %12s %9s %9s %11s %9s %9s %7s %11s %10s\n' server "req/s" "vs fd" "mean(1x1)us" \
+  "p50@rate" "p99@rate" "CPU s/100k" "idle MiB" "peak MiB" failed "req/s 2CPU" "CPUs used"
 for name in "${servers[@]}"; do
-  printf '%-11s %9.0f %7s %12s %9s %9s %11s %9s %9s %11s %10s\n' "$name" "${rps[$name]}" \
-    "$(ratio "${rps[formatdata]}" "${rps[$name]}")" "${mean[$name]}" "${p50[$name]}" "${p99[$name]}" \
-    "${cpu[$name]}" "${idle[$name]}" "${peak[$name]}" "${rps2[$name]:--}" "${cores2[$name]:--}"
+  printf '%-18s %9.0f %7s %12s %9s %9s %11s %9s %9s %7s %11s %10s\n' "$name" "${rps[$name]}" \
+    "$(running formatdata && ratio "${rps[formatdata]}" "${rps[$name]}" || echo -)" "${mean[$name]}" \
+    "${p50[$name]}" "${p99[$name]}" "${cpu[$name]}" "${idle[$name]}" "${peak[$name]}" "${failed[$name]}" \
+    "${rps2[$name]:--}" "${cores2[$name]:--}"
 done
-echo "(vs fd: formatdata's req/s divided by this server's; latencies in microseconds; 2CPU: the"
+echo "(vs fd: formatdata's req/s divided by this server's; latencies in microseconds; sat.: peak"
+echo " below the fixed rate, not run; peak: VmHWM, highest of the throughput rounds; failed: calls"
+echo " h2load saw fail in the measured throughput runs plus errors at the fixed rate; 2CPU: the"
 echo " server given CPUs $TWO_CPUS with h2load sharing them, and how many CPUs' worth it kept busy)"
-python3 - "$h2load_rps" "$bench_rps" <<'PY'
+
+# Issue 13's goals, from this run's figures. Noisy machine: compare ratios over several runs.
+if running formatdata; then
+  echo
+  goal() { # NAME LABEL GOAL: formatdata's ratio to NAME, and its goal if any
+    running "$1" || return 0
+    python3 - "${rps[formatdata]}" "${rps[$1]}" "$2" "$3" <<'PY'
+import sys
+fd, other, label, goal = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+r = fd / other if other else 0
+line = f"formatdata vs {label}: {r:.2f}x"
+if goal:
+    line += f" (goal >= {goal}x: {'met' if r >= float(goal) else 'NOT met'})"
+print(line)
+PY
+  }
+  goal tonic-tuned "tuned tonic" 1.4
+  goal h2-floor "h2 floor" 0.75
+  goal tonic "stock tonic" ""
+  goal python "python grpcio" ""
+  if running formatdata+metrics; then
+    python3 - "${rps[formatdata+metrics]}" "${rps[formatdata]}" <<'PY'
+import sys
+m, fd = map(float, sys.argv[1:])
+print(f"formatdata+metrics vs formatdata: {m / fd:.2f}x (goal >= 0.95x: {'met' if m >= 0.95 * fd else 'NOT met'})")
+PY
+  fi
+  python3 -c "p = float('${peak[formatdata]}'); print(f'formatdata peak RSS: {p} MiB (goal <= 12 MiB: ' + ('met' if p <= 12 else 'NOT met') + ')')"
+  if running tonic-tuned; then
+    python3 - "${p99[formatdata]}" "${p99[tonic-tuned]}" "$rate" <<'PY'
+import sys
+fd, tuned, rate = sys.argv[1:]
+verdict = "met" if fd != "sat." and (tuned == "sat." or float(fd) <= float(tuned)) else "NOT met"
+print(f"p99 at {rate}/s: formatdata {fd} us, tuned tonic {tuned} us (goal: no worse: {verdict})")
+PY
+  fi
+  echo "formatdata failed calls: ${failed[formatdata]} (goal: 0)"
+  python3 - "$h2load_rps" "$bench_rps" <<'PY'
 import sys
 h2load, bench = map(float, sys.argv[1:])
 print(f"client bench vs h2load, one CPU each, against formatdata, same connections and calls in"
       f" flight: {bench:.0f} req/s = {bench / h2load:.0%} of h2load's {h2load:.0f}")
 PY
+fi
