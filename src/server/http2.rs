@@ -15,6 +15,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::{Request, Response};
@@ -23,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 use tonic::body::Body;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tracing::{debug, warn};
 
 use crate::server::connection::{ConnectionState, Idle};
@@ -91,13 +93,13 @@ pub(super) enum Http2Error {
     Protocol(#[from] h2::Error),
 }
 
-/// Serves one HTTP/2 connection until it closes: each stream is handed to `service` in a task of
-/// its own. On `drain`, GOAWAY and let the calls finish; when the connection's client cancels
-/// calls by the thousand (the rapid-reset attack), GOAWAY ENHANCE_YOUR_CALM and close at once;
-/// when no call has made progress for the idle timeout, GOAWAY and close.
+/// Serves one HTTP/2 connection until it closes: each stream is handed to `service`, and its
+/// call polled here. On `drain`, GOAWAY and let the calls finish; when the connection's client
+/// cancels calls by the thousand (the rapid-reset attack), GOAWAY ENHANCE_YOUR_CALM and close at
+/// once; when no call has made progress for the idle timeout, GOAWAY and close.
 pub(super) async fn serve<I, S>(
     io: I,
-    service: S,
+    mut service: S,
     settings: &Http2Settings,
     state: &ConnectionState,
     mut idle: Idle<'_>,
@@ -106,11 +108,7 @@ pub(super) async fn serve<I, S>(
 ) -> Result<(), Http2Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>,
 {
     let handshake = settings.builder().handshake::<_, Bytes>(io);
     let mut connection = tokio::time::timeout_at(handshake_deadline, handshake)
@@ -119,26 +117,77 @@ where
     let mut keepalive = settings.keepalive.map(|interval| {
         KeepAlive::new(connection.ping_pong().expect("taken once, here"), interval)
     });
+    // The connection's streams, polled by this task rather than spawned each as a task of its
+    // own: no task to allocate, schedule and wake per call, and on one core (the benchmark's
+    // case) nothing lost. A connection's calls then share one core of a larger machine, as
+    // its HTTP/2 framing does anyway; many connections still spread over all of them.
+    let mut streams = FuturesUnordered::new();
+    // Made once, not at every turn of the loop: each would register with (and leave) a Notify.
+    let mut drained = pin!(drain.changed());
+    let mut abused = pin!(state.cancels.exhausted());
     let mut closing = false;
     loop {
-        tokio::select! {
-            accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => {
-                    tokio::spawn(serve_stream(service.clone(), request, respond));
+        let event = poll_fn(|cx| {
+            // New streams and finished calls, until neither comes: a call's reply is written
+            // by polling the connection, so it goes out in this same turn.
+            loop {
+                let mut moved = false;
+                loop {
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(never)) => match never {},
+                        // Not taking streams leaves them to flow control and the stream limit.
+                        Poll::Pending => break,
+                    }
+                    match connection.poll_accept(cx) {
+                        Poll::Ready(Some(Ok((request, respond)))) => {
+                            let request = request.map(|recv| RequestBody {
+                                recv,
+                                data_done: false,
+                            });
+                            streams.push(serve_stream(service.call(request), respond));
+                            moved = true;
+                        }
+                        Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
+                        Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                        Poll::Pending => break,
+                    }
                 }
-                Some(Err(error)) => return Err(error.into()),
-                None => return Ok(()),
-            },
-            () = poll_fn(|cx| keepalive.as_mut().expect("guarded").poll_dead(cx)),
-                if keepalive.is_some() =>
-            {
-                return Err(Http2Error::KeepaliveTimedOut);
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                    moved = true;
+                }
+                if !moved {
+                    break;
+                }
             }
-            _ = drain.changed(), if !closing => {
+            if let Some(keepalive) = &mut keepalive
+                && keepalive.poll_dead(cx).is_ready()
+            {
+                return Poll::Ready(Event::KeepaliveTimedOut);
+            }
+            if !closing {
+                if drained.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Drain);
+                }
+                if abused.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Abuse);
+                }
+                if idle.poll_idle(cx).is_ready() {
+                    return Poll::Ready(Event::Idle);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Closed => return Ok(()),
+            Event::Failed(error) => return Err(error.into()),
+            Event::KeepaliveTimedOut => return Err(Http2Error::KeepaliveTimedOut),
+            Event::Drain => {
                 closing = true;
                 connection.graceful_shutdown();
             }
-            () = state.cancels.exhausted(), if !closing => {
+            Event::Abuse => {
                 warn!(
                     peer = ?state.peer,
                     "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client cancelled {}",
@@ -146,12 +195,30 @@ where
                 );
                 return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
             }
-            () = poll_fn(|cx| idle.poll_idle(cx)), if !closing => {
-                debug!(peer = ?state.peer, "closing a connection on which no call made progress for {:?}", idle.timeout());
+            Event::Idle => {
+                debug!(
+                    peer = ?state.peer,
+                    "closing a connection on which no call made progress for {:?}",
+                    idle.timeout()
+                );
                 return close_now(connection, Reason::NO_ERROR).await;
             }
         }
     }
+}
+
+/// What ended a turn of a connection's loop.
+enum Event {
+    /// The connection closed (after a drain, or the peer's GOAWAY).
+    Closed,
+    Failed(h2::Error),
+    KeepaliveTimedOut,
+    /// Shutdown began: GOAWAY, let the calls finish.
+    Drain,
+    /// The client cancelled calls by the thousand.
+    Abuse,
+    /// No call made progress for the idle timeout.
+    Idle,
 }
 
 /// Sends GOAWAY with `reason` and closes the connection once it is flushed (whatever its open
@@ -221,17 +288,13 @@ impl KeepAlive {
     }
 }
 
-/// One stream: the service's reply, written as the peer's flow-control window allows. A reset
-/// from the client at any point drops the call, which cancels it.
-async fn serve_stream<S>(service: S, request: Request<RecvStream>, mut respond: SendResponse<Bytes>)
+/// One stream: the reply of its `call`, written as the peer's flow-control window allows. A
+/// reset from the client at any point drops the call, which cancels it.
+async fn serve_stream<F>(call: F, mut respond: SendResponse<Bytes>)
 where
-    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>,
+    F: Future<Output = Result<Response<Body>, Infallible>>,
 {
-    let request = request.map(|recv| RequestBody {
-        recv,
-        data_done: false,
-    });
-    let mut call = pin!(service.oneshot(request));
+    let mut call = pin!(call);
     // The call first: usually it finishes on its first poll (the request came in one read).
     let replied = poll_fn(|cx| match call.as_mut().poll(cx) {
         Poll::Ready(Ok(response)) => Poll::Ready(Some(response)),
