@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use tonic::Status;
@@ -50,6 +50,9 @@ impl<S> FastPath<S> {
     /// Unary DoFormat with neither compressed requests nor a wish for compressed replies (both
     /// are tonic's job): what h2load, tonic clients and most grpc-go clients send.
     fn takes<B>(&self, request: &Request<B>) -> bool {
+        // Header names as constants: a `&str` is parsed and validated at every lookup.
+        const ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
+        const ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
         let plain = |name| {
             request
                 .headers()
@@ -58,8 +61,8 @@ impl<S> FastPath<S> {
         };
         self.enabled
             && request.uri().path() == self.path
-            && plain("grpc-encoding")
-            && plain("grpc-accept-encoding")
+            && plain(ENCODING)
+            && plain(ACCEPT_ENCODING)
     }
 }
 

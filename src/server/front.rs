@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
+use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use tonic::Status;
 use tonic::body::Body;
@@ -70,6 +71,7 @@ impl Fronts {
                 .map(|cors| Arc::new(cors.layer(GrpcWebLayer::new().layer(calls)))),
             playground: self.playground,
             loopback_only: self.loopback_only,
+            loopback_authority: None,
         }
     }
 }
@@ -88,6 +90,26 @@ pub(super) struct Front<N> {
     playground: bool,
     /// Refuse requests whose host is not a loopback name (see [`WebSettings`]).
     loopback_only: bool,
+    /// The last `:authority` found to name loopback: a connection's calls nearly always name
+    /// the same, and comparing is cheaper than parsing it again.
+    loopback_authority: Option<Authority>,
+}
+
+impl<N> Front<N> {
+    /// Whether `request` names a loopback host, as [`names_loopback`] says.
+    fn names_loopback<B>(&mut self, request: &Request<B>) -> bool {
+        let Some(authority) = request.uri().authority() else {
+            return names_loopback(request);
+        };
+        if self.loopback_authority.as_ref() == Some(authority) {
+            return true;
+        }
+        let loopback = is_loopback_host(authority.host());
+        if loopback {
+            self.loopback_authority = Some(authority.clone());
+        }
+        loopback
+    }
 }
 
 type Answer = Result<Response<Body>, Infallible>;
@@ -113,7 +135,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let answer = |response| Either::Right(Either::Right(ready(Ok(response))));
-        if self.loopback_only && !names_loopback(&request) {
+        if self.loopback_only && !self.names_loopback(&request) {
             return answer(foreign_host(&request));
         }
         let Some(web) = &self.web else {
