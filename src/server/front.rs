@@ -101,7 +101,12 @@ impl<N> Front<N> {
         let Some(authority) = request.uri().authority() else {
             return names_loopback(request);
         };
-        if self.loopback_authority.as_ref() == Some(authority) {
+        // Byte for byte: `Authority`'s own comparison ignores case, a byte at a time.
+        if self
+            .loopback_authority
+            .as_ref()
+            .is_some_and(|known| known.as_str() == authority.as_str())
+        {
             return true;
         }
         let loopback = is_loopback_host(authority.host());
