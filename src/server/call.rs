@@ -87,20 +87,14 @@ impl<S> Calls<S> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B> Service<Request<B>> for Calls<S>
 where
-    S: Service<Request<RequestBody<B>>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Service<Request<RequestBody<B>>, Response = Response<Body>, Error = Infallible>,
     B: Send + 'static,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+    type Future = CallFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -145,7 +139,9 @@ where
         );
         if let Err(status) = call.charge(one_request) {
             call.finish(&status);
-            return Box::pin(async move { Ok(status_response(&status)) });
+            return CallFuture::Answered {
+                response: Some(status_response(&status)),
+            };
         }
         if !is_grpc(request.headers()) {
             let status = Status::invalid_argument(format!(
@@ -157,33 +153,63 @@ where
             let mut response = status_response(&status);
             *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
             call.finish(&status);
-            return Box::pin(async { Ok(response) });
+            return CallFuture::Answered {
+                response: Some(response),
+            };
         }
+        CallFuture::Running {
+            reply: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
 
-        // The clone that was made ready is the one to call (tower's rule); leave a fresh one.
-        let fresh = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, fresh);
-        Box::pin(async move {
-            let mut response = inner.call(request).await?;
-            // A "trailers-only" response carries its status in the headers: the call ended
-            // before a reply was produced. Otherwise the status comes in the body's trailers.
-            if let Some(status) = standard_status(response.headers_mut(), call.method()) {
-                call.finish(&status);
-                return Ok(response);
+pin_project_lite::pin_project! {
+    /// A call's reply: answered at once (refused), or coming from the services, its log kept
+    /// for when its status is known. Dropped unfinished (the client reset the stream), the log
+    /// counts the call as cancelled.
+    #[project = CallProjection]
+    pub enum CallFuture<F> {
+        Answered { response: Option<Response<Body>> },
+        Running { #[pin] reply: F, call: Option<CallLog> },
+    }
+}
+
+impl<F> Future for CallFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            CallProjection::Answered { response } => {
+                Poll::Ready(Ok(response.take().expect("polled once")))
             }
-            Ok(response.map(|body| {
-                Body::new(LoggedBody {
-                    inner: body,
-                    call: Some(call),
-                })
-            }))
-        })
+            CallProjection::Running { reply, call } => {
+                let mut response = ready!(reply.poll(cx))?;
+                let call = call.take().expect("polled once");
+                // A "trailers-only" response carries its status in the headers: the call ended
+                // before a reply was produced. Otherwise the status comes in the body's
+                // trailers.
+                if let Some(status) = standard_status(response.headers_mut(), call.method()) {
+                    call.finish(&status);
+                    return Poll::Ready(Ok(response));
+                }
+                Poll::Ready(Ok(response.map(|body| {
+                    Body::new(LoggedBody {
+                        inner: body,
+                        call: Some(call),
+                    })
+                })))
+            }
+        }
     }
 }
 
 /// One line per call when it ends: debug when OK, warn otherwise; in-flight accounting and
 /// metrics.
-struct CallLog {
+pub struct CallLog {
     /// The request's `:path`, shared with it rather than copied.
     method: PathAndQuery,
     started: Instant,
@@ -325,7 +351,10 @@ impl Drop for CallLog {
             let duration_us = self.started.elapsed().as_micros() as u64;
             warn!(
                 method = self.method(),
-                duration_us, "call cancelled before it finished"
+                code = ?Code::Cancelled,
+                message = "the call ended before its reply",
+                duration_us,
+                "call failed"
             );
         }
     }

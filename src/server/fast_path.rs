@@ -9,13 +9,13 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
-use http_body_util::BodyExt;
 use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
@@ -69,13 +69,13 @@ impl<S> FastPath<S> {
 impl<S, B> Service<Request<B>> for FastPath<S>
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Send + 'static,
     B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Status> + Into<tonic::codegen::StdError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    /// Named, not boxed: the hot path allocates no future of its own.
+    type Future = Either<DoFormat<B>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -83,79 +83,113 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         if self.takes(&request) {
-            Box::pin(do_format(request.into_body(), self.max_message_bytes))
+            Either::Left(DoFormat {
+                body: request.into_body(),
+                message: Message::default(),
+                limit: self.max_message_bytes,
+            })
         } else {
-            Box::pin(self.inner.call(request.map(Body::new)))
+            Either::Right(self.inner.call(request.map(Body::new)))
         }
     }
 }
 
-async fn do_format<B>(body: B, limit: usize) -> Result<Response<Body>, Infallible>
+/// A DoFormat call on the fast path: its one message read, then its reply.
+pub struct DoFormat<B> {
+    body: B,
+    message: Message,
+    limit: usize,
+}
+
+impl<B> Future for DoFormat<B>
 where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: Into<Status>,
 {
-    let reply = read_message(body, limit)
-        .await
-        .and_then(|message| service::format(message, limit));
-    let framed = match reply {
-        Ok(reply) => framing::frame(&reply),
-        // An error before any reply: "trailers-only", the status in the headers.
-        Err(status) => return Ok(status_response(&status)),
-    };
-    let mut response = Response::new(Body::new(OneMessage {
-        message: Some(framed),
-        trailers: Some(ok_trailers()),
-    }));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    Ok(response)
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let reply = loop {
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                // The body's own errors are statuses already.
+                Some(Err(error)) => break Err(error.into()),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data()
+                        && let Err(status) = this.message.push(data, this.limit)
+                    {
+                        break Err(status);
+                    }
+                }
+                None => {
+                    break std::mem::take(&mut this.message)
+                        .finish()
+                        .and_then(|message| service::format(message, this.limit));
+                }
+            }
+        };
+        Poll::Ready(Ok(match reply {
+            Ok(reply) => {
+                let mut response = Response::new(Body::new(OneMessage {
+                    message: Some(framing::frame(&reply)),
+                    trailers: Some(ok_trailers()),
+                }));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                response
+            }
+            // An error before any reply: "trailers-only", the status in the headers.
+            Err(status) => status_response(&status),
+        }))
+    }
 }
 
-/// Reads the request's one message, refusing it from its prefix, before buffering it, when it
-/// is over the size limit, as tonic does. The body is the call's [`RequestBody`], which has
-/// failed by then if a second message began or the body ended inside this one.
+/// The request's one message as it arrives, refused from its prefix, before it is buffered,
+/// when it is over the size limit, as tonic does. The body it comes from is the call's
+/// [`RequestBody`], which has failed by then if a second message began or the body ended
+/// inside this one.
+///
+/// Usually the whole message comes in one DATA frame: those bytes are kept as they are, and
+/// only copied into a buffer when a second frame follows. That buffer is made as large as the
+/// message declares (checked against the limit first), as tonic's decoder does: each byte is
+/// copied once, whatever the number of frames, and pages are only touched as bytes arrive.
 ///
 /// [`RequestBody`]: crate::server::request_body::RequestBody
-async fn read_message<B>(mut body: B, limit: usize) -> Result<Data, Status>
-where
-    B: HttpBody<Data = Bytes> + Unpin,
-    B::Error: Into<Status>,
-{
-    // Usually the whole message comes in one DATA frame: keep those bytes as they are, and only
-    // copy into a buffer when a second frame follows. That buffer is made as large as the
-    // message declares (checked against the limit first), as tonic's decoder does: each byte is
-    // copied once, whatever the number of frames, and pages are only touched as bytes arrive.
-    let mut first = Bytes::new();
-    let mut joined: Option<BytesMut> = None;
-    while let Some(frame) = body.frame().await {
-        // The body's own errors are statuses already.
-        let frame = frame.map_err(Into::into)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        match &mut joined {
+#[derive(Default)]
+struct Message {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Message {
+    fn push(&mut self, data: Bytes, limit: usize) -> Result<(), Status> {
+        match &mut self.joined {
             Some(buffer) => buffer.extend_from_slice(&data),
-            None if first.is_empty() => first = data,
+            None if self.first.is_empty() => self.first = data,
             None => {
-                let declared = Prefix::read(&first).map(|prefix| prefix.length.min(limit + 1));
+                let declared = Prefix::read(&self.first).map(|prefix| prefix.length.min(limit + 1));
                 let whole = declared.map_or(0, |length| PREFIX_LEN + length);
-                let mut buffer = BytesMut::with_capacity(whole.max(first.len() + data.len()));
-                buffer.extend_from_slice(&first);
+                let mut buffer = BytesMut::with_capacity(whole.max(self.first.len() + data.len()));
+                buffer.extend_from_slice(&self.first);
                 buffer.extend_from_slice(&data);
-                joined = Some(buffer);
+                self.joined = Some(buffer);
             }
         }
-        if let Some(prefix) = Prefix::read(joined.as_deref().unwrap_or(&first)) {
-            admit(prefix, limit)?;
+        match Prefix::read(self.joined.as_deref().unwrap_or(&self.first)) {
+            Some(prefix) => admit(prefix, limit),
+            None => Ok(()),
         }
     }
-    let received = joined.map_or(first, BytesMut::freeze);
-    if received.is_empty() {
-        return Err(Status::invalid_argument("missing request message"));
+
+    /// The message, once the body has ended.
+    fn finish(self) -> Result<Data, Status> {
+        let received = self.joined.map_or(self.first, BytesMut::freeze);
+        if received.is_empty() {
+            return Err(Status::invalid_argument("missing request message"));
+        }
+        framing::decode_request(received.slice(PREFIX_LEN..))
     }
-    framing::decode_request(received.slice(PREFIX_LEN..))
 }
 
 /// Whether a message with `prefix` may be read: uncompressed (the fast path takes no

@@ -181,14 +181,16 @@ fn calls_reset_or_abandoned_mid_body_are_cancelled_on_every_path() {
         let logged_before = cancelled_log_lines(server);
         let before = handled_do_format(metrics);
         runtime.block_on(abandon_mid_body(server.addrs[0], headers, how));
-        // The server ends the call by itself: wait until it is counted, whatever its code.
+        // The server ends the call by itself: wait until it is counted, whatever its code,
+        // and its log line has come through the pipe (it may trail the counter).
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut counted = gained(&before, &handled_do_format(metrics));
-        while counted.is_empty() && Instant::now() < deadline {
+        let mut logged = cancelled_log_lines(server) - logged_before;
+        while (counted.is_empty() || logged == 0) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
             counted = gained(&before, &handled_do_format(metrics));
+            logged = cancelled_log_lines(server) - logged_before;
         }
-        let logged = cancelled_log_lines(server) - logged_before;
         outcomes.push(format!(
             "{case}: counted {counted:?}, {logged} log line(s) with code=Cancelled"
         ));
