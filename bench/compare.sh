@@ -2,6 +2,9 @@
 # Side-by-side benchmark of FormatData servers, in one run on one machine (issue 13's yardstick):
 #   formatdata          this crate, release build, default flags
 #   formatdata+metrics  the same with --metrics-addr 127.0.0.1:0 (the Prometheus endpoint on)
+#   formatdata+tracing  the same with OpenTelemetry on, 1% of calls sampled
+#                       (OTEL_TRACES_SAMPLER=traceidratio, _ARG=0.01), spans exported over OTLP
+#                       to a sink on LOAD_CPUS (bench/floor-h2, which answers any gRPC call)
 #   tonic-tuned         bench/baseline-tonic-tuned: the stock server as a user tunes it in ten
 #                       minutes (mimalloc, fat LTO, codegen-units 1, current-thread runtime)
 #   h2-floor            bench/floor-h2: the `h2` crate alone, no gRPC layer, built the same way
@@ -32,7 +35,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10} WARMUP=${WARMUP:-2} LATENCY_DURATION=${LATENCY_DURATION:-5} ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-16} STREAMS=${STREAMS:-64}
 SERVER_CPUS=${SERVER_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-1} TWO_CPUS=${TWO_CPUS:-0,1}
-SERVERS=${SERVERS:-formatdata formatdata+metrics tonic-tuned h2-floor tonic python}
+SERVERS=${SERVERS:-formatdata formatdata+metrics formatdata+tracing tonic-tuned h2-floor tonic python}
 TWO_CPU_SERVERS=${TWO_CPU_SERVERS:-tonic formatdata}
 if [ "${1:-}" = "--smoke" ]; then
   DURATION=2 WARMUP=1 LATENCY_DURATION=1 ROUNDS=1
@@ -41,7 +44,7 @@ read -r -a servers <<<"$SERVERS"
 running() { [[ " ${servers[*]} " == *" $1 "* ]]; }
 for name in "${servers[@]}"; do
   case $name in
-    formatdata | formatdata+metrics | tonic-tuned | h2-floor | tonic | python) ;;
+    formatdata | formatdata+metrics | formatdata+tracing | tonic-tuned | h2-floor | tonic | python) ;;
     *) echo "compare.sh: unknown server '$name' in SERVERS" >&2; exit 1 ;;
   esac
 done
@@ -51,8 +54,12 @@ for tool in h2load taskset python3; do
 done
 
 work=$(mktemp -d)
-server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+server_pid="" sink_pid=""
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # Each build timed, since CI pays for them: the baselines are crates of their own, built from
@@ -67,7 +74,7 @@ echo "building (release)..." >&2
 build cargo build --release --quiet --bins
 if running tonic; then build cargo build --release --quiet --manifest-path bench/baseline-tonic/Cargo.toml; fi
 if running tonic-tuned; then build cargo build --release --quiet --manifest-path bench/baseline-tonic-tuned/Cargo.toml; fi
-if running h2-floor; then build cargo build --release --quiet --manifest-path bench/floor-h2/Cargo.toml; fi
+if running h2-floor || running formatdata+tracing; then build cargo build --release --quiet --manifest-path bench/floor-h2/Cargo.toml; fi
 if running python; then
   # The virtual environment the interop tests set up (tests/support/src/env.rs), made here if the
   # tests have not run yet.
@@ -91,6 +98,15 @@ start() {
     # Its log names the metrics port it was given.
     formatdata+metrics) taskset -c "$2" target/release/server --addr "127.0.0.1:$port" \
       --metrics-addr 127.0.0.1:0 2>"$work/metrics.log" & ;;
+    formatdata+tracing)
+      if [ -z "$sink_pid" ]; then
+        sink_port=$(free_port)
+        taskset -c "$LOAD_CPUS" bench/floor-h2/target/release/floor-h2 "127.0.0.1:$sink_port" >/dev/null &
+        sink_pid=$!
+      fi
+      OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.01 taskset -c "$2" \
+        target/release/server --addr "127.0.0.1:$port" --otlp-endpoint "http://127.0.0.1:$sink_port" \
+        2>/dev/null & ;;
     tonic-tuned) taskset -c "$2" bench/baseline-tonic-tuned/target/release/baseline-tonic-tuned "127.0.0.1:$port" >/dev/null & ;;
     h2-floor) taskset -c "$2" bench/floor-h2/target/release/floor-h2 "127.0.0.1:$port" >/dev/null & ;;
     tonic) taskset -c "$2" bench/baseline-tonic/target/release/baseline-tonic "127.0.0.1:$port" >/dev/null & ;;
@@ -258,6 +274,13 @@ PY
 import sys
 m, fd = map(float, sys.argv[1:])
 print(f"formatdata+metrics vs formatdata: {m / fd:.2f}x (goal >= 0.95x: {'met' if m >= 0.95 * fd else 'NOT met'})")
+PY
+  fi
+  if running formatdata+tracing; then
+    python3 - "${rps[formatdata+tracing]}" "${rps[formatdata]}" <<'PY'
+import sys
+t, fd = map(float, sys.argv[1:])
+print(f"formatdata+tracing (1% sampled) vs formatdata: {t / fd:.2f}x (cost {100 * (1 - t / fd):.1f}%)")
 PY
   fi
   python3 -c "p = float('${peak[formatdata]}'); print(f'formatdata peak RSS: {p} MiB (goal <= 12 MiB: ' + ('met' if p <= 12 else 'NOT met') + ')')"

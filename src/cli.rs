@@ -13,6 +13,7 @@ use tonic::codec::CompressionEncoding;
 use crate::addr::{DEFAULT_ADDR, HostPort, Target};
 use crate::client::bench::{BenchConfig, ascii_payload};
 use crate::client::{ClientConfig, ClientTls, DEFAULT_TEXT};
+use crate::otel;
 use crate::server::{ServerConfig, TlsFiles};
 use crate::telemetry::LogFormat;
 
@@ -131,6 +132,12 @@ pub struct ServerArgs {
     #[arg(long, env = "FORMATDATA_NO_PLAYGROUND")]
     pub no_playground: bool,
 
+    /// Export a span per call to this OpenTelemetry collector, over OTLP/gRPC (for example
+    /// http://localhost:4317); OTEL_EXPORTER_OTLP_ENDPOINT too. Off by default. The other
+    /// OTEL_* variables (service name, sampler, resource, headers) apply as in any SDK.
+    #[arg(long, env = OTLP_TRACES_ENDPOINT_ENV, value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<http::Uri>,
+
     /// Worker threads [default: one per CPU this process may run on].
     #[arg(long, env = "FORMATDATA_THREADS")]
     pub threads: Option<std::num::NonZeroUsize>,
@@ -145,6 +152,7 @@ impl ServerArgs {
     pub fn from_env() -> Self {
         let mut args = parse_or_exit::<Self>();
         args.auth_token = auth_token_or_exit();
+        args.otlp_endpoint = otlp_endpoint_or_exit(args.otlp_endpoint.take());
         args
     }
 
@@ -176,6 +184,7 @@ impl ServerArgs {
             grpc_web: self.grpc_web,
             playground: !self.no_playground,
             cors_origins: self.cors_origins.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
         }
     }
 }
@@ -236,6 +245,13 @@ pub struct ClientArgs {
           default_value_t = SERVER.max_message_bytes)]
     pub max_message_bytes: usize,
 
+    /// Export a span per call to this OpenTelemetry collector, over OTLP/gRPC;
+    /// OTEL_EXPORTER_OTLP_ENDPOINT too. Every call carries `traceparent` either way, in the
+    /// trace TRACEPARENT names when set, so the server's spans join the caller's.
+    #[arg(long, global = true, env = OTLP_TRACES_ENDPOINT_ENV, value_name = "URL",
+          value_parser = parse_otlp_endpoint)]
+    pub otlp_endpoint: Option<http::Uri>,
+
     /// Stream stdin through DoFormatStream instead: each line is sent as it is read, and each
     /// reply written to stdout as it arrives, in order (`cat in.txt | client --stream > out.txt`).
     #[arg(long, conflicts_with = "text")]
@@ -255,6 +271,7 @@ impl ClientArgs {
     pub fn from_env() -> Self {
         let mut args = parse_or_exit::<Self>();
         args.auth_token = auth_token_or_exit();
+        args.otlp_endpoint = otlp_endpoint_or_exit(args.otlp_endpoint.take());
         args
     }
 
@@ -283,6 +300,9 @@ impl ClientArgs {
             }),
             auth_token: self.auth_token.clone(),
             max_message_bytes: self.max_message_bytes,
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            traceparent: std::env::var("TRACEPARENT").ok(),
+            tracestate: std::env::var("TRACESTATE").ok(),
         }
     }
 }
@@ -427,6 +447,37 @@ fn one_line(message: &str) -> String {
 /// be one, as for a bad flag: an empty value used to turn authentication off without a word,
 /// and a value no header can carry made a server that refused every call. Failing at startup,
 /// before anything is bound or sent, is the only safe reading of either.
+/// The OpenTelemetry variable that names where spans go, which `--otlp-endpoint` stands for.
+const OTLP_TRACES_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+
+fn parse_otlp_endpoint(endpoint: &str) -> Result<http::Uri, String> {
+    otel::parse_endpoint(endpoint).map_err(|err| err.to_string())
+}
+
+/// Where spans go, by OpenTelemetry's rules: `OTEL_SDK_DISABLED=true` turns tracing off;
+/// otherwise the flag (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), then
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`. A value that is not an endpoint ends the process, as a bad
+/// flag does.
+fn otlp_endpoint_or_exit(flag: Option<http::Uri>) -> Option<http::Uri> {
+    if std::env::var("OTEL_SDK_DISABLED")
+        .is_ok_and(|value| value.trim().eq_ignore_ascii_case("true"))
+    {
+        return None;
+    }
+    flag.or_else(|| {
+        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+        if endpoint.is_empty() {
+            return None;
+        }
+        Some(parse_otlp_endpoint(&endpoint).unwrap_or_else(|error| {
+            exit_with(&clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("OTEL_EXPORTER_OTLP_ENDPOINT: {error}"),
+            ))
+        }))
+    })
+}
+
 fn auth_token_or_exit() -> Option<String> {
     auth_token_from_env().unwrap_or_else(|error| {
         exit_with(&clap::Error::raw(

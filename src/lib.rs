@@ -13,6 +13,8 @@
 //! - [`addr`]: `HOST:PORT` addresses and the client's targets.
 //! - `tls`: rustls settings for both sides.
 //! - [`runtime`], [`telemetry`]: the binaries' tokio runtime and log output.
+//! - [`otel`]: OpenTelemetry tracing: a span per call on both sides, W3C trace context between
+//!   them, OTLP export; off unless a collector is named.
 //!
 //! The two sides:
 //! - [`server`]: listening, connections, HTTP/2 and HTTP/1.1, the stack every call goes through
@@ -29,6 +31,7 @@ pub mod addr;
 pub mod cli;
 pub mod client;
 mod grpc;
+pub mod otel;
 pub mod runtime;
 pub mod server;
 pub mod service;

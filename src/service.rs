@@ -50,10 +50,15 @@ impl FormatData for FormatDataService {
 
 /// The `:path` of DoFormat, which the fast path and the bench's raw client speak directly.
 pub fn do_format_path() -> &'static str {
+    format_data_path("DoFormat")
+}
+
+/// The `:path` of FormatData's method `name`.
+pub(crate) fn format_data_path(name: &str) -> &'static str {
     let service = <FormatDataServer<FormatDataService> as NamedService>::NAME;
     &methods::served()
-        .named(service, "DoFormat")
-        .expect("DoFormat is in proto/data.proto")
+        .named(service, name)
+        .unwrap_or_else(|| panic!("{name} is in proto/data.proto"))
         .path
 }
 

@@ -6,6 +6,8 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,7 +26,26 @@ pub fn init(format: LogFormat, default_filter: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(without_repeated_export_failures())
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .finish()
+            .with(without_repeated_export_failures())
+            .init(),
     }
+}
+
+/// Leaves out the OpenTelemetry SDK's line per failed export: with the collector down that is
+/// a line per batch, and `crate::otel` reports the same failures, counted, once in a while.
+fn without_repeated_export_failures<S: tracing::Subscriber>() -> impl Layer<S> {
+    tracing_subscriber::filter::filter_fn(|metadata| {
+        let name = metadata.name();
+        !(metadata.target().starts_with("opentelemetry")
+            && (name == "BatchSpanProcessor.ExportError" || name.starts_with("Export.Failed")))
+    })
 }

@@ -11,7 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use formatdata::cli::{ClientArgs, ClientCommand};
 use formatdata::client::bench;
-use formatdata::client::{Client, ClientError};
+use formatdata::client::{Client, ClientConfig, ClientError};
 use formatdata::telemetry::LogFormat;
 use formatdata::{runtime, telemetry};
 use tokio::io::{BufReader, BufWriter};
@@ -40,6 +40,17 @@ fn main() -> ExitCode {
 async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
     let config = args.config();
     let client = Client::connect(&config).await?;
+    let outcome = command(args, &config, &client).await;
+    // The calls' spans, when exported, are sent before the process goes (failed calls too).
+    client.flush_traces().await;
+    outcome
+}
+
+async fn command(
+    args: &ClientArgs,
+    config: &ClientConfig,
+    client: &Client,
+) -> Result<ExitCode, ClientError> {
     match &args.command {
         None if args.stream => {
             let stdin = BufReader::with_capacity(64 * 1024, tokio::io::stdin());
@@ -60,7 +71,7 @@ async fn run(args: &ClientArgs) -> Result<ExitCode, ClientError> {
             }
         }
         Some(ClientCommand::Bench(bench_args)) => {
-            let report = bench::run(&config, &bench_args.config()).await?;
+            let report = bench::run(config, &bench_args.config()).await?;
             if bench_args.json {
                 println!("{}", report.to_json());
             } else {

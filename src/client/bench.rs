@@ -20,9 +20,10 @@ use tonic::Status;
 
 use crate::addr::HostPort;
 use crate::client::ClientConfig;
-use crate::client::{Client, ClientError, no_reply_within};
+use crate::client::{Client, ClientError, TraceHeaders, no_reply_within};
 use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
 use crate::grpc::status::code_name;
+use crate::otel::Tracing;
 use crate::pb::Data;
 use crate::service;
 use crate::uppercase::uppercase;
@@ -238,9 +239,11 @@ pub fn ascii_payload(bytes: usize) -> String {
 pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, ClientError> {
     let text = bench.text.clone();
     let expected: Arc<str> = uppercase(text.clone()).into();
+    // One tracer for the run, whatever the number of connections.
+    let tracing = Tracing::start(client.otlp_endpoint.as_ref(), "formatdata-client")?;
     let mut connections = Vec::new();
     for _ in 0..bench.connections {
-        connections.push(Client::connect(client).await?);
+        connections.push(Client::connect_traced(client, tracing.clone()).await?);
     }
 
     let duration = bench
@@ -265,8 +268,9 @@ pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, C
         .filter(|_| !bench.stream && client.tls.is_none() && client.compression.is_none());
     let mut raw_connections = Vec::new();
     if let Some(server) = raw_server {
-        for _ in 0..bench.connections {
-            raw_connections.push(RawUnary::connect(client, server, &text, &expected).await?);
+        for spans in &connections {
+            raw_connections
+                .push(RawUnary::connect(client, server, &text, &expected, spans.clone()).await?);
         }
     }
     let workers: Vec<_> = (0..bench.concurrency)
@@ -308,6 +312,7 @@ pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, C
     // Clones share one count: the first of each connection's clients has them all.
     report.retries = connections.iter().map(Client::retried).sum();
     progress.abort();
+    tracing.shutdown().await;
     Ok(report)
 }
 
@@ -344,6 +349,8 @@ struct RawUnary {
     headers: http::HeaderMap,
     /// `--timeout`: how long one call may take, from asking for a stream to the trailers.
     timeout: Duration,
+    /// Makes each call's span, as for the calls through tonic.
+    spans: Client,
 }
 
 impl RawUnary {
@@ -352,6 +359,7 @@ impl RawUnary {
         server: &HostPort,
         text: &str,
         expected: &Arc<str>,
+        spans: Client,
     ) -> Result<Self, ClientError> {
         let connect_error = |reason: String| ClientError::Connect {
             addr: server.clone(),
@@ -393,6 +401,7 @@ impl RawUnary {
             expected_text: expected.clone(),
             headers,
             timeout: args.timeout,
+            spans,
         })
     }
 
@@ -400,17 +409,24 @@ impl RawUnary {
     /// longer than `--timeout` is DEADLINE_EXCEEDED, as through `Client`: the server sees
     /// `grpc-timeout`, but one that stalls must not stall the run.
     async fn call(&self) -> Result<bool, Status> {
-        tokio::time::timeout(self.timeout, self.attempt())
+        let (span, trace) = self.spans.start_span(self.uri.path());
+        let outcome = tokio::time::timeout(self.timeout, self.attempt(trace))
             .await
-            .unwrap_or_else(|_| Err(no_reply_within(self.timeout)))
+            .unwrap_or_else(|_| Err(no_reply_within(self.timeout)));
+        if let Some(span) = span {
+            span.end_with(&outcome);
+        }
+        outcome
     }
 
-    async fn attempt(&self) -> Result<bool, Status> {
+    async fn attempt(&self, trace: TraceHeaders) -> Result<bool, Status> {
         let unavailable = |error: h2::Error| Status::unavailable(error.to_string());
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.uri.clone();
-        *request.headers_mut() = self.headers.clone();
+        let mut headers = self.headers.clone();
+        headers.extend(trace.0);
+        *request.headers_mut() = headers;
         // Waits while the connection is at its concurrent-stream limit.
         let mut sender = self.sender.clone().ready().await.map_err(unavailable)?;
         let (response, mut body) = sender.send_request(request, false).map_err(unavailable)?;
@@ -463,7 +479,8 @@ async fn raw_unary_worker(raw: RawUnary, share: Share) -> Tally {
 }
 
 /// Ping-pong over one long-lived stream: send a message, wait for its reply, repeat. A broken
-/// stream is counted as an error and replaced.
+/// stream is counted as an error and replaced. Each stream is one span: it ends with the
+/// stream's error, or OK when the run is over.
 async fn stream_worker(client: Client, share: Share, text: String, expected: Arc<str>) -> Tally {
     let mut stub = client.format_data();
     let mut tally = Tally::new();
@@ -472,14 +489,15 @@ async fn stream_worker(client: Client, share: Share, text: String, expected: Arc
         let since = wait_until(due).await;
         let outcome = async {
             if stream.is_none() {
+                let (span, trace) = client.start_span(service::format_data_path("DoFormatStream"));
                 let (sender, receiver) = mpsc::channel(1);
                 let replies = stub
-                    .do_format_stream(client.stream_request(ReceiverStream::new(receiver)))
+                    .do_format_stream(client.stream_request(ReceiverStream::new(receiver), &trace))
                     .await?
                     .into_inner();
-                stream = Some((sender, replies));
+                stream = Some((sender, replies, span));
             }
-            let (sender, replies) = stream.as_mut().expect("just opened");
+            let (sender, replies, _) = stream.as_mut().expect("just opened");
             let sent = sender.send(Data { text: text.clone() }).await;
             if sent.is_err() {
                 return Err(Status::unavailable("stream closed"));
@@ -490,11 +508,16 @@ async fn stream_worker(client: Client, share: Share, text: String, expected: Arc
             }
         }
         .await;
-        if outcome.is_err() {
-            stream = None;
+        if let Err(status) = &outcome
+            && let Some((_, _, Some(span))) = stream.take()
+        {
+            span.end(status.code(), status.message());
         }
         tally.record(since, outcome.as_ref().copied());
         share.completed();
+    }
+    if let Some((_, _, Some(span))) = stream {
+        span.end(tonic::Code::Ok, "");
     }
     tally
 }

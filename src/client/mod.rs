@@ -29,9 +29,12 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 use crate::addr::{DEFAULT_ADDR, HostPort, Target};
 use crate::client::balance::{Address, Balancer, Connector, Unreachable, root_cause};
+use crate::grpc::methods;
 use crate::grpc::status::code_name;
+use crate::otel::{self, CallSpan, Tracing, TracingError};
 use crate::pb::Data;
 use crate::pb::format_data_client::FormatDataClient;
+use crate::service;
 use crate::tls::{self, TlsError};
 
 /// First pause before retrying an UNAVAILABLE call; doubled after each attempt.
@@ -77,6 +80,9 @@ pub enum ClientError {
     /// The token cannot be sent as an HTTP header.
     #[error("FORMATDATA_AUTH_TOKEN contains characters not allowed in a header")]
     BadToken,
+    /// Tracing is asked for but cannot be set up.
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
     /// The server's reflection service answered something other than what was asked.
     #[error("unexpected reflection reply: {0}")]
     Reflection(String),
@@ -119,6 +125,13 @@ pub struct ClientConfig {
     pub auth_token: Option<String>,
     /// Largest request and reply, in bytes.
     pub max_message_bytes: usize,
+    /// Export a span per call to this OTLP/gRPC collector; `None`: spans are only made, for the
+    /// `traceparent` each call carries.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// The caller's trace context (`TRACEPARENT`, `TRACESTATE` for scripts): calls join that
+    /// trace rather than each starting one.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 impl ClientConfig {
@@ -146,6 +159,9 @@ impl Default for ClientConfig {
             compression: None,
             auth_token: None,
             max_message_bytes: crate::server::ServerConfig::DEFAULT.max_message_bytes,
+            otlp_endpoint: None,
+            traceparent: None,
+            tracestate: None,
         }
     }
 }
@@ -180,6 +196,12 @@ pub struct Client {
     /// Attempts repeated after UNAVAILABLE (failovers included) by this client and its clones,
     /// for `client bench`'s report.
     retried: Arc<AtomicU64>,
+    /// Makes each call's span, whose `traceparent` the call carries.
+    tracing: Tracing,
+    /// The trace calls join, or none (each call its own).
+    trace_parent: opentelemetry::Context,
+    /// `host:port` of the one server called, for the spans.
+    server: Option<String>,
 }
 
 impl From<Unreachable> for ClientError {
@@ -200,6 +222,15 @@ impl Client {
     /// A client for the servers `config` names: `dns:///` names are resolved now, but nothing
     /// is sent until the first call.
     pub async fn connect(config: &ClientConfig) -> Result<Self, ClientError> {
+        let tracing = Tracing::start(config.otlp_endpoint.as_ref(), "formatdata-client")?;
+        Self::connect_traced(config, tracing).await
+    }
+
+    /// [`Client::connect`], its spans made by `tracing` (shared by the clients of a bench).
+    pub(crate) async fn connect_traced(
+        config: &ClientConfig,
+        tracing: Tracing,
+    ) -> Result<Self, ClientError> {
         let tls = match &config.tls {
             Some(files) => Some(tls::client_config(
                 files.ca.as_deref(),
@@ -250,7 +281,47 @@ impl Client {
             compression: config.compression,
             max_message_bytes: config.max_message_bytes,
             retried: Arc::default(),
+            tracing,
+            trace_parent: otel::remote_parent(
+                config.traceparent.as_deref(),
+                config.tracestate.as_deref(),
+            ),
+            server: config.single_server().map(ToString::to_string),
         })
+    }
+
+    /// Sends the spans not yet exported, waiting a few seconds at most; calls after this are
+    /// not traced.
+    pub async fn flush_traces(&self) {
+        self.tracing.clone().shutdown().await;
+    }
+
+    /// Runs `call` in a client span for `path`, handing it the headers that carry the span to
+    /// the server; the span ends with the call's status.
+    async fn traced<T, F, Fut>(&self, path: &str, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(TraceHeaders) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let (span, trace) = self.start_span(path);
+        let outcome = call(trace).await;
+        if let Some(span) = span {
+            span.end_with(&outcome);
+        }
+        outcome
+    }
+
+    /// A client span for a call to `path`, and the headers that carry it.
+    pub(crate) fn start_span(&self, path: &str) -> (Option<CallSpan>, TraceHeaders) {
+        match methods::served().find(path) {
+            Some(method) => {
+                let (span, headers) =
+                    self.tracing
+                        .client_span(method, self.server.as_deref(), &self.trace_parent);
+                (Some(span), TraceHeaders(headers))
+            }
+            None => (None, TraceHeaders::default()),
+        }
     }
 
     /// The generated stub on this channel, with the message limit and compression settings.
@@ -290,10 +361,12 @@ impl Client {
                 self.max_message_bytes
             )));
         }
-        self.with_retries(|| {
-            let mut stub = stub.clone();
-            let request = self.request(message.clone());
-            async move { stub.do_format(request).await.map(Response::into_inner) }
+        self.traced(service::do_format_path(), |trace| {
+            self.with_retries(move || {
+                let mut stub = stub.clone();
+                let request = self.request(message.clone(), &trace);
+                async move { stub.do_format(request).await.map(Response::into_inner) }
+            })
         })
         .await
     }
@@ -318,7 +391,33 @@ impl Client {
     /// reply written was received; if the stream breaks, the error says so after the replies
     /// that did arrive. No deadline and no retry: a stream is not repeatable; keepalive pings
     /// notice a server that stopped answering.
-    pub async fn format_lines<R, W>(&self, input: R, mut output: W) -> Result<u64, ClientError>
+    pub async fn format_lines<R, W>(&self, input: R, output: W) -> Result<u64, ClientError>
+    where
+        R: AsyncBufRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin,
+    {
+        let (span, trace) = self.start_span(service::format_data_path("DoFormatStream"));
+        let outcome = self.stream_lines(input, output, &trace).await;
+        if let Some(span) = span {
+            match &outcome {
+                Ok(_) => span.end(Code::Ok, ""),
+                Err(ClientError::Status(status)) => span.end(status.code(), status.message()),
+                Err(ClientError::StreamBroken { error, .. }) => match error.as_ref() {
+                    ClientError::Status(status) => span.end(status.code(), status.message()),
+                    other => span.end(Code::Unavailable, &other.to_string()),
+                },
+                Err(other) => span.end(Code::Unknown, &other.to_string()),
+            }
+        }
+        outcome
+    }
+
+    async fn stream_lines<R, W>(
+        &self,
+        input: R,
+        mut output: W,
+        trace: &TraceHeaders,
+    ) -> Result<u64, ClientError>
     where
         R: AsyncBufRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin,
@@ -329,7 +428,7 @@ impl Client {
         };
         let (lines, requests) = mpsc::channel(LINES_IN_FLIGHT);
         let reader = tokio::spawn(read_lines(input, lines, self.max_message_bytes));
-        let request = self.stream_request(ReceiverStream::new(requests));
+        let request = self.stream_request(ReceiverStream::new(requests), trace);
         let mut replies = self
             .format_data()
             .do_format_stream(request)
@@ -379,12 +478,17 @@ impl Client {
     pub async fn health(&self, service: &str) -> Result<&'static str, ClientError> {
         let stub = HealthClient::new(self.channel.clone());
         let reply = self
-            .with_retries(|| {
-                let mut stub = stub.clone();
-                let request = self.request(HealthCheckRequest {
-                    service: service.to_owned(),
-                });
-                async move { stub.check(request).await.map(Response::into_inner) }
+            .traced("/grpc.health.v1.Health/Check", |trace| {
+                self.with_retries(move || {
+                    let mut stub = stub.clone();
+                    let request = self.request(
+                        HealthCheckRequest {
+                            service: service.to_owned(),
+                        },
+                        &trace,
+                    );
+                    async move { stub.check(request).await.map(Response::into_inner) }
+                })
             })
             .await
             .map_err(|status| self.error(status))?;
@@ -395,17 +499,26 @@ impl Client {
     pub async fn list_services(&self) -> Result<Vec<String>, ClientError> {
         let stub = ServerReflectionClient::new(self.channel.clone());
         let reply = self
-            .with_retries(|| {
-                let mut stub = stub.clone();
-                let request = self.request(tokio_stream::once(ServerReflectionRequest {
-                    host: String::new(),
-                    message_request: Some(MessageRequest::ListServices(String::new())),
-                }));
-                async move {
-                    let mut replies = stub.server_reflection_info(request).await?.into_inner();
-                    replies.message().await
-                }
-            })
+            .traced(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                |trace| {
+                    self.with_retries(move || {
+                        let mut stub = stub.clone();
+                        let request = self.request(
+                            tokio_stream::once(ServerReflectionRequest {
+                                host: String::new(),
+                                message_request: Some(MessageRequest::ListServices(String::new())),
+                            }),
+                            &trace,
+                        );
+                        async move {
+                            let mut replies =
+                                stub.server_reflection_info(request).await?.into_inner();
+                            replies.message().await
+                        }
+                    })
+                },
+            )
             .await
             .map_err(|status| self.error(status))?
             .ok_or_else(|| ClientError::Reflection("no reply".into()))?;
@@ -422,26 +535,23 @@ impl Client {
         }
     }
 
-    /// A streaming request: the token, but no deadline, as a stream may rightly run for hours.
-    pub(crate) fn stream_request<S>(&self, messages: S) -> Request<S> {
+    /// A streaming request: the token and the trace, but no deadline, as a stream may rightly
+    /// run for hours.
+    pub(crate) fn stream_request<S>(&self, messages: S, trace: &TraceHeaders) -> Request<S> {
         let mut request = Request::new(messages);
         if let Some(authorization) = &self.authorization {
             request
                 .metadata_mut()
                 .insert("authorization", authorization.clone());
         }
+        trace.add_to(request.metadata_mut());
         request
     }
 
-    /// A request carrying the deadline and the token.
-    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+    /// A request carrying the deadline, the token and the trace.
+    pub(crate) fn request<T>(&self, message: T, trace: &TraceHeaders) -> Request<T> {
+        let mut request = self.stream_request(message, trace);
         request.set_timeout(self.timeout);
-        if let Some(authorization) = &self.authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", authorization.clone());
-        }
         request
     }
 
@@ -616,5 +726,22 @@ mod tests {
         assert_eq!(longest_line(4 * 1024 * 1024), 4 * 1024 * 1024 - 5);
         assert_eq!(longest_line(1), 0);
         assert_eq!(longest_line(usize::MAX), usize::MAX - 11);
+    }
+}
+
+/// The `traceparent` and `tracestate` of a call's span, for each of its attempts.
+#[derive(Debug, Default)]
+pub(crate) struct TraceHeaders(http::HeaderMap);
+
+impl TraceHeaders {
+    fn add_to(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        for (name, value) in &self.0 {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::AsciiMetadataKey::from_bytes(name.as_str().as_bytes()),
+                MetadataValue::try_from(value.as_bytes()),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
     }
 }

@@ -21,12 +21,14 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
+use tracing::field::display;
 use tracing::{debug, warn};
 
 use crate::grpc::framing::Framing;
 use crate::grpc::is_grpc;
 use crate::grpc::methods;
 use crate::grpc::status::{standard_status, status_response, status_trailers};
+use crate::otel::{CallSpan, Tracing};
 use crate::server::budget;
 use crate::server::connection::ConnectionState;
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
@@ -51,6 +53,8 @@ pub(super) struct CallsLayer {
     /// `--stall-timeout`: how long a request may stop in the middle of a message; `None` waits
     /// for ever (the fuzz targets, which have no clock to spare).
     pub stall_timeout: Option<Duration>,
+    /// A span per call, when OpenTelemetry export is on.
+    pub tracing: Option<Tracing>,
 }
 
 impl<S> Layer<S> for CallsLayer {
@@ -62,6 +66,7 @@ impl<S> Layer<S> for CallsLayer {
             in_flight: self.in_flight.clone(),
             metrics: self.metrics.clone(),
             stall_timeout: self.stall_timeout,
+            tracing: self.tracing.clone(),
             connection: None,
         }
     }
@@ -74,6 +79,7 @@ pub struct Calls<S> {
     in_flight: Arc<InFlight>,
     metrics: Option<GrpcMetrics>,
     stall_timeout: Option<Duration>,
+    tracing: Option<Tracing>,
     /// The connection the calls come on: where cancelled calls, buffered bytes and progress are
     /// counted. `None` outside a server (the fuzz targets).
     connection: Option<Arc<ConnectionState>>,
@@ -130,12 +136,23 @@ where
                 self.stall_timeout,
             )
         });
+        let span = self.tracing.as_ref().map(|tracing| {
+            tracing.server_span(
+                method,
+                request.uri(),
+                request.headers(),
+                self.connection
+                    .as_ref()
+                    .and_then(|connection| connection.peer),
+            )
+        });
         let mut call = CallLog::start(
             request.uri(),
             self.in_flight.clone(),
             metrics,
             self.connection.clone(),
             gone,
+            span,
         );
         if let Err(status) = call.charge(one_request) {
             call.finish(&status);
@@ -227,6 +244,8 @@ pub struct CallLog {
     gone: ClientGone,
     /// What the call itself costs, held in the connection's budget while it runs.
     charged: usize,
+    /// Its OpenTelemetry span, when tracing is on.
+    span: Option<CallSpan>,
 }
 
 impl CallLog {
@@ -236,6 +255,7 @@ impl CallLog {
         metrics: Option<CallMetrics>,
         connection: Option<Arc<ConnectionState>>,
         gone: ClientGone,
+        span: Option<CallSpan>,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -252,6 +272,7 @@ impl CallLog {
             reply_held: 0,
             gone,
             charged: 0,
+            span,
         }
     }
 
@@ -318,10 +339,15 @@ impl CallLog {
         }
         let (method, code) = (self.method(), status.code());
         let duration_us = self.started.elapsed().as_micros() as u64;
+        let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
         if code == Code::Ok {
-            debug!(method, code = ?code, duration_us, "call finished");
+            debug!(method, code = ?code, duration_us, trace_id, "call finished");
         } else {
-            warn!(method, code = ?code, message = status.message(), duration_us, "call failed");
+            let message = status.message();
+            warn!(method, code = ?code, message, duration_us, trace_id, "call failed");
+        }
+        if let Some(span) = self.span.take() {
+            span.end(code, status.message());
         }
     }
 }
@@ -349,11 +375,14 @@ impl Drop for CallLog {
             self.count_cancelled();
             // The reply never completed: the client went away, or shutdown's grace ran out.
             let duration_us = self.started.elapsed().as_micros() as u64;
+            // Its span, dropped with it, says CANCELLED too.
+            let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
             warn!(
                 method = self.method(),
                 code = ?Code::Cancelled,
                 message = "the call ended before its reply",
                 duration_us,
+                trace_id,
                 "call failed"
             );
         }

@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub playground: bool,
     /// Origins allowed to call from a browser page (CORS), as browsers send them.
     pub cors_origins: Vec<http::HeaderValue>,
+    /// Export a span per call to this OTLP/gRPC collector; `None` keeps tracing off.
+    pub otlp_endpoint: Option<http::Uri>,
 }
 
 impl ServerConfig {
@@ -69,6 +71,7 @@ impl ServerConfig {
         grpc_web: None,
         playground: true,
         cors_origins: Vec::new(),
+        otlp_endpoint: None,
     };
 }
 

@@ -58,6 +58,7 @@ use tower::Layer;
 use tracing::{error, info, warn};
 
 use crate::grpc::methods;
+use crate::otel::{Tracing, TracingError};
 use crate::pb::format_data_server::FormatDataServer;
 use crate::runtime;
 use crate::server::auth::RequireBearer;
@@ -126,6 +127,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot serve metrics on {addr}: {source}")]
     Metrics { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Tracing(#[from] TracingError),
 }
 
 /// Serves FormatData, health and reflection on `listeners` until `shutdown` completes.
@@ -150,10 +153,15 @@ impl Server {
             Some(addr) => Some(serve_metrics(addr, config.stall_timeout).await?),
             None => None,
         };
+        let tracing = match &config.otlp_endpoint {
+            Some(endpoint) => Some(Tracing::start(Some(endpoint), "formatdata")?),
+            None => None,
+        };
         let calls = CallsLayer {
             in_flight: in_flight.clone(),
             metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
             stall_timeout: Some(config.stall_timeout),
+            tracing: tracing.clone(),
         };
         let web = web_settings(&config, listeners.local_addrs());
         let fronts = Fronts::new(http_service(routes, calls, &config), &web);
@@ -229,6 +237,9 @@ impl Server {
         }
         if let Some((_, endpoint)) = metrics {
             endpoint.abort();
+        }
+        if let Some(tracing) = tracing {
+            tracing.shutdown().await;
         }
         Ok(())
     }
@@ -354,6 +365,10 @@ fn log_startup(
         max_connections,
         keepalive_secs = config.keepalive.map_or(0, |interval| interval.as_secs()),
         grpc_web = web.grpc_web,
+        tracing = config
+            .otlp_endpoint
+            .as_ref()
+            .map_or("off".into(), |endpoint| endpoint.to_string()),
         "serving example.FormatData on {}",
         join(&listeners.addrs)
     );

@@ -20,3 +20,4 @@ mod python_interop;
 mod server_lifecycle;
 mod shutdown;
 mod streaming;
+mod tracing;

@@ -203,13 +203,24 @@ pub fn cpu_time(pid: u32) -> Duration {
 /// would change what is tested.
 pub fn server_command(args: &[&str]) -> Command {
     let mut command = Command::new(binary("server"));
-    command.args(args).env_remove("RUST_LOG");
+    command.args(args);
+    clear_settings(&mut command);
+    command
+}
+
+/// Leaves out of `command` the settings a developer's shell may hold (`FORMATDATA_*`, logging,
+/// OpenTelemetry's variables), so each test says what it runs with.
+fn clear_settings(command: &mut Command) {
+    command.env_remove("RUST_LOG");
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("FORMATDATA_") {
+        let name_text = name.to_string_lossy();
+        if ["FORMATDATA_", "OTEL_", "TRACEPARENT", "TRACESTATE"]
+            .iter()
+            .any(|prefix| name_text.starts_with(prefix))
+        {
             command.env_remove(name);
         }
     }
-    command
 }
 
 impl Drop for ServerProcess {
@@ -233,10 +244,16 @@ pub fn forward_lines(stream: impl std::io::Read + Send + 'static) -> mpsc::Recei
 
 /// Runs the `client` binary to completion.
 pub fn run_client(args: &[&str]) -> Output {
-    Command::new(binary("client"))
+    run_client_with_env(args, &[])
+}
+
+/// Runs the `client` binary to completion, with `env` set.
+pub fn run_client_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(binary("client"));
+    clear_settings(&mut command);
+    command
         .args(args)
-        .env_remove("FORMATDATA_ADDR")
-        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .output()
         .expect("run the client binary")
 }
