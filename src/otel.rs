@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    Span as _, SpanKind, Status as SpanStatus, TraceContextExt, TraceId, Tracer as _,
-    TracerProvider as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceContextExt, TraceFlags,
+    TraceId, TraceState, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -77,6 +77,9 @@ pub fn parse_endpoint(endpoint: &str) -> Result<Uri, TracingError> {
 pub struct Tracing {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
+    /// Whether spans go anywhere: a client that exports nothing only needs ids for its calls'
+    /// `traceparent`, not spans recorded and then dropped.
+    exporting: bool,
 }
 
 impl Tracing {
@@ -88,6 +91,7 @@ impl Tracing {
         endpoint: Option<&Uri>,
         default_service_name: &'static str,
     ) -> Result<Self, TracingError> {
+        let exporting = endpoint.is_some();
         let mut provider = SdkTracerProvider::builder().with_resource(resource(
             default_service_name,
             std::env::var("OTEL_SERVICE_NAME").ok(),
@@ -119,7 +123,11 @@ impl Tracing {
         }
         let provider = provider.build();
         let tracer = provider.tracer("formatdata");
-        Ok(Self { provider, tracer })
+        Ok(Self {
+            provider,
+            tracer,
+            exporting,
+        })
     }
 
     /// Sends the spans still queued, waiting at most a few seconds, and stops exporting.
@@ -174,14 +182,41 @@ impl Tracing {
     }
 
     /// The client's span for a call to `method` on `server` (`host:port`), the child of
-    /// `parent` (see [`parent_from_env`]), and the `traceparent`/`tracestate` headers that
-    /// carry it to the server.
+    /// `parent` (see [`remote_parent`]), and the `traceparent`/`tracestate` headers that
+    /// carry it to the server. No span when nothing is exported: the headers then name a span
+    /// id of the client's, in `parent`'s trace (sampled as it is) or a new sampled one.
     pub(crate) fn client_span(
         &self,
         method: &'static Method,
         server: Option<&str>,
         parent: &Context,
-    ) -> (CallSpan, HeaderMap) {
+    ) -> (Option<CallSpan>, HeaderMap) {
+        let mut headers = HeaderMap::new();
+        if !self.exporting {
+            let parent = parent.span();
+            let parent = parent.span_context();
+            let (trace_id, flags, state) = match parent.is_valid() {
+                true => (
+                    parent.trace_id(),
+                    parent.trace_flags(),
+                    parent.trace_state().clone(),
+                ),
+                false => (
+                    TraceId::from(fastrand::u128(1..)),
+                    TraceFlags::SAMPLED,
+                    TraceState::default(),
+                ),
+            };
+            let span = SpanContext::new(
+                trace_id,
+                SpanId::from(fastrand::u64(1..)),
+                flags,
+                false,
+                state,
+            );
+            inject(span, &mut headers);
+            return (None, headers);
+        }
         let mut span = self
             .tracer
             .span_builder(Cow::Borrowed(span_name(method)))
@@ -193,10 +228,20 @@ impl Tracing {
                 span.set_attributes(address_attributes("server", server));
             }
         }
-        let mut headers = HeaderMap::new();
-        let context = Context::new().with_remote_span_context(span.span_context().clone());
-        TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
-        (CallSpan(Box::new(span)), headers)
+        inject(span.span_context().clone(), &mut headers);
+        (Some(CallSpan(Box::new(span))), headers)
+    }
+}
+
+/// Writes `span` as `traceparent` (and `tracestate`) into `headers`, marked never to be indexed
+/// by HPACK: a value new at every call would only push the headers that do repeat (the content
+/// type, the deadline, the token) out of the connection's table, making every call's headers
+/// longer to send and to decode.
+fn inject(span: SpanContext, headers: &mut HeaderMap) {
+    let context = Context::new().with_remote_span_context(span);
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
+    for value in headers.values_mut() {
+        value.set_sensitive(true);
     }
 }
 

@@ -318,7 +318,7 @@ impl Client {
                 let (span, headers) =
                     self.tracing
                         .client_span(method, self.server.as_deref(), &self.trace_parent);
-                (Some(span), TraceHeaders(headers))
+                (span, TraceHeaders(headers))
             }
             None => (None, TraceHeaders::default()),
         }

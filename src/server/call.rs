@@ -1,7 +1,8 @@
 //! What happens around every gRPC call, to every service, on every path: admission (gRPC only,
 //! within the connection's budget), its request body followed ([`RequestBody`]), and its end
 //! accounted once: one log line with its method, status and duration, the in-flight count, the
-//! metrics, and the connection's count of calls its client cancelled.
+//! metrics, the call's OpenTelemetry span (when tracing is on), and the connection's count of
+//! calls its client cancelled.
 //!
 //! Outermost in the call stack (see [`crate::server`]), so it sees each call exactly as it
 //! arrives and leaves.

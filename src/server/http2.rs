@@ -1,12 +1,12 @@
 //! HTTP/2, served directly on the `h2` crate (the protocol engine hyper itself uses): the
-//! connection's settings and its loop, one task per stream, and the adapters between h2's
-//! streams and the `http_body` bodies the services speak.
+//! connection's settings and its loop, which polls every stream's call itself, and the adapters
+//! between h2's streams and the `http_body` bodies the services speak.
 //!
 //! Why not hyper's HTTP/2 server: it can only close a connection with GOAWAY NO_ERROR, so an
 //! abuser is never told ENHANCE_YOUR_CALM; it hides whether a request body ended because the
 //! client reset its stream; and its per-stream glue is work a gRPC server does not need. The
 //! loop here is small: accept streams, answer keepalive pings, watch for drain, abuse and
-//! idleness; each stream runs the service and writes its reply as the peer's window allows.
+//! idleness; run each stream's call and write its reply as the peer's window allows.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};

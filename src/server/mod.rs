@@ -9,8 +9,9 @@
 //! 2. `connection.rs`: the TLS handshake, then the protocol (ALPN, or the first bytes): HTTP/2,
 //!    or HTTP/1.1 (hyper) when gRPC-Web is on; the connection's state (cancelled calls, bytes
 //!    held, progress) and its idle timer.
-//! 3. `http2.rs`: the connection loop hands each new stream to a task of its own, which drops
-//!    the call if the client resets the stream, and writes the reply within the peer's window.
+//! 3. `http2.rs`: the connection loop runs each new stream's call in the connection's own task
+//!    (no task per stream), drops the call if the client resets the stream, and writes the
+//!    reply within the peer's window.
 //! 4. `front.rs`: refuses a request naming a foreign host on a loopback-only server; sends
 //!    gRPC-Web to `web.rs` (tonic-web, CORS) and GET to the playground, native gRPC onward.
 //! 5. `call.rs`: the call is admitted (gRPC content type, its cost in the budget of
