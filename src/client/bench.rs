@@ -409,14 +409,13 @@ impl RawUnary {
     /// longer than `--timeout` is DEADLINE_EXCEEDED, as through `Client`: the server sees
     /// `grpc-timeout`, but one that stalls must not stall the run.
     async fn call(&self) -> Result<bool, Status> {
-        let (span, trace) = self.spans.start_span(self.uri.path());
-        let outcome = tokio::time::timeout(self.timeout, self.attempt(trace))
+        self.spans
+            .traced(self.uri.path(), |trace| async move {
+                tokio::time::timeout(self.timeout, self.attempt(trace))
+                    .await
+                    .unwrap_or_else(|_| Err(no_reply_within(self.timeout)))
+            })
             .await
-            .unwrap_or_else(|_| Err(no_reply_within(self.timeout)));
-        if let Some(span) = span {
-            span.end_with(&outcome);
-        }
-        outcome
     }
 
     async fn attempt(&self, trace: TraceHeaders) -> Result<bool, Status> {

@@ -298,7 +298,7 @@ impl Client {
 
     /// Runs `call` in a client span for `path`, handing it the headers that carry the span to
     /// the server; the span ends with the call's status.
-    async fn traced<T, F, Fut>(&self, path: &str, call: F) -> Result<T, Status>
+    pub(crate) async fn traced<T, F, Fut>(&self, path: &str, call: F) -> Result<T, Status>
     where
         F: FnOnce(TraceHeaders) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
