@@ -83,10 +83,10 @@ pub struct Tracing {
 }
 
 impl Tracing {
-    /// Spans exported to `endpoint` (OTLP/gRPC), or made (for their ids and sampling
-    /// decisions) and kept nowhere when `endpoint` is `None`. `default_service_name` is
-    /// `service.name` unless the environment names one. Must run inside a Tokio runtime: the
-    /// exporter's channel is driven by it.
+    /// Spans exported to `endpoint` (OTLP/gRPC); with `None`, no spans, only the ids a
+    /// client's calls carry in `traceparent`. `default_service_name` is `service.name` unless
+    /// the environment names one. Must run inside a Tokio runtime: the exporter's channel is
+    /// driven by it.
     pub fn start(
         endpoint: Option<&Uri>,
         default_service_name: &'static str,
