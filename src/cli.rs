@@ -14,7 +14,7 @@ use crate::addr::{DEFAULT_ADDR, HostPort, Target};
 use crate::client::bench::{BenchConfig, ascii_payload};
 use crate::client::{ClientConfig, ClientTls, DEFAULT_TEXT};
 use crate::otel;
-use crate::server::{ServerConfig, TlsFiles};
+use crate::server::{ReplyCompression, ServerConfig, TlsFiles};
 use crate::telemetry::LogFormat;
 
 /// Where a bearer token comes from. Only the environment, never a flag: command lines are
@@ -111,6 +111,14 @@ pub struct ServerArgs {
           default_value_t = SERVER.max_buffered_bytes_per_connection)]
     pub max_buffered_bytes_per_connection: usize,
 
+    /// When replies are compressed: `if-request-compressed` (in the request's encoding, when
+    /// the client accepts it back), `always` (whenever the client accepts gzip or zstd), or
+    /// `never`. Messages under 1 KiB, and those compression would not shrink, always go as
+    /// they are.
+    #[arg(long, env = "FORMATDATA_COMPRESS_REPLIES", value_name = "WHEN",
+          default_value = "if-request-compressed", value_parser = parse_reply_compression)]
+    pub compress_replies: ReplyCompression,
+
     /// Serve Prometheus metrics (go-grpc-prometheus names, plus process metrics) at
     /// http://ADDR/metrics, as IP:PORT; off by default.
     #[arg(long, env = "FORMATDATA_METRICS_ADDR")]
@@ -185,7 +193,17 @@ impl ServerArgs {
             playground: !self.no_playground,
             cors_origins: self.cors_origins.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
+            reply_compression: self.compress_replies,
         }
+    }
+}
+
+fn parse_reply_compression(value: &str) -> Result<ReplyCompression, String> {
+    match value {
+        "never" => Ok(ReplyCompression::Never),
+        "if-request-compressed" => Ok(ReplyCompression::IfRequestCompressed),
+        "always" => Ok(ReplyCompression::Always),
+        _ => Err("expected never, if-request-compressed or always".into()),
     }
 }
 

@@ -55,6 +55,11 @@ impl Kind {
     pub(crate) fn one_request(self) -> bool {
         matches!(self, Self::Unary | Self::ServerStream)
     }
+
+    /// Whether a call answers with exactly one reply message.
+    pub(crate) fn one_reply(self) -> bool {
+        matches!(self, Self::Unary | Self::ClientStream)
+    }
 }
 
 /// One method.

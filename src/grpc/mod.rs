@@ -3,6 +3,7 @@
 //! of what kind ([`methods`], derived from the compiled descriptors), and what a gRPC request
 //! looks like.
 
+pub(crate) mod compression;
 pub(crate) mod framing;
 pub(crate) mod methods;
 pub(crate) mod status;

@@ -25,12 +25,14 @@ use tower::{Layer, Service};
 use tracing::field::display;
 use tracing::{debug, warn};
 
+use crate::grpc::compression::{self, Encoding, GRPC_ENCODING, ReplyCompression};
 use crate::grpc::framing::Framing;
 use crate::grpc::is_grpc;
 use crate::grpc::methods;
 use crate::grpc::status::{standard_status, status_response, status_trailers};
 use crate::otel::{CallSpan, Tracing};
 use crate::server::budget;
+use crate::server::compress::CompressedReplies;
 use crate::server::connection::ConnectionState;
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
 use crate::server::request_body::{ClientGone, RequestBody, client_went_away};
@@ -56,6 +58,8 @@ pub(super) struct CallsLayer {
     pub stall_timeout: Option<Duration>,
     /// A span per call, when OpenTelemetry export is on.
     pub tracing: Option<Tracing>,
+    /// When replies are compressed (`--compress-replies`).
+    pub reply_compression: ReplyCompression,
 }
 
 impl<S> Layer<S> for CallsLayer {
@@ -68,6 +72,7 @@ impl<S> Layer<S> for CallsLayer {
             metrics: self.metrics.clone(),
             stall_timeout: self.stall_timeout,
             tracing: self.tracing.clone(),
+            reply_compression: self.reply_compression,
             connection: None,
         }
     }
@@ -81,6 +86,7 @@ pub struct Calls<S> {
     metrics: Option<GrpcMetrics>,
     stall_timeout: Option<Duration>,
     tracing: Option<Tracing>,
+    reply_compression: ReplyCompression,
     /// The connection the calls come on: where cancelled calls, buffered bytes and progress are
     /// counted. `None` outside a server (the fuzz targets).
     connection: Option<Arc<ConnectionState>>,
@@ -119,6 +125,8 @@ where
         }
         // Unknown methods are refused by the router, with one request or many.
         let one_request = method.is_some_and(|method| method.kind.one_request());
+        let one_reply = method.is_some_and(|method| method.kind.one_reply());
+        let encoding = compression::reply_encoding(request.headers(), self.reply_compression);
         // Shared by the request body, which sees the client go, and the call's log, which must
         // say so whatever status the handler made of it (tonic takes a cancelled request body
         // for a missing message).
@@ -154,6 +162,7 @@ where
             self.connection.clone(),
             gone,
             span,
+            one_reply,
         );
         if let Err(status) = call.charge(one_request) {
             call.finish(&status);
@@ -178,6 +187,7 @@ where
         CallFuture::Running {
             reply: self.inner.call(request),
             call: Some(call),
+            encoding,
         }
     }
 }
@@ -189,7 +199,7 @@ pin_project_lite::pin_project! {
     #[project = CallProjection]
     pub enum CallFuture<F> {
         Answered { response: Option<Response<Body>> },
-        Running { #[pin] reply: F, call: Option<CallLog> },
+        Running { #[pin] reply: F, call: Option<CallLog>, encoding: Option<Encoding> },
     }
 }
 
@@ -204,7 +214,11 @@ where
             CallProjection::Answered { response } => {
                 Poll::Ready(Ok(response.take().expect("polled once")))
             }
-            CallProjection::Running { reply, call } => {
+            CallProjection::Running {
+                reply,
+                call,
+                encoding,
+            } => {
                 let mut response = ready!(reply.poll(cx))?;
                 let call = call.take().expect("polled once");
                 // A "trailers-only" response carries its status in the headers: the call ended
@@ -214,12 +228,29 @@ where
                     call.finish(&status);
                     return Poll::Ready(Ok(response));
                 }
-                Poll::Ready(Ok(response.map(|body| {
+                let logged = response.map(|body| {
                     Body::new(LoggedBody {
                         inner: body,
                         call: Some(call),
+                        lookahead: None,
                     })
-                })))
+                });
+                // Compressed after the log has counted (and held) each message uncompressed:
+                // the uncompressed size is what the service's encoder keeps.
+                Poll::Ready(Ok(match *encoding {
+                    None => logged,
+                    Some(encoding) => {
+                        let (mut parts, body) = logged.into_parts();
+                        parts.headers.insert(
+                            GRPC_ENCODING,
+                            http::HeaderValue::from_static(encoding.name()),
+                        );
+                        Response::from_parts(
+                            parts,
+                            Body::new(CompressedReplies::new(body, encoding)),
+                        )
+                    }
+                }))
             }
         }
     }
@@ -247,6 +278,11 @@ pub struct CallLog {
     charged: usize,
     /// Its OpenTelemetry span, when tracing is on.
     span: Option<CallSpan>,
+    /// A unary reply: its body is done with once its one message is out.
+    one_reply: bool,
+    /// For a stream of replies, the largest so far, held in the budget for as long as the call
+    /// runs: tonic's encoder keeps a buffer that large between messages.
+    encoder_held: usize,
 }
 
 impl CallLog {
@@ -257,6 +293,7 @@ impl CallLog {
         connection: Option<Arc<ConnectionState>>,
         gone: ClientGone,
         span: Option<CallSpan>,
+        one_reply: bool,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -274,6 +311,8 @@ impl CallLog {
             gone,
             charged: 0,
             span,
+            one_reply,
+            encoder_held: 0,
         }
     }
 
@@ -297,6 +336,10 @@ impl CallLog {
             connection.progressed();
             connection.buffered.take(bytes)?;
             self.reply_held = bytes;
+            if !self.one_reply && bytes > self.encoder_held {
+                connection.buffered.take(bytes - self.encoder_held)?;
+                self.encoder_held = bytes;
+            }
         }
         Ok(())
     }
@@ -366,7 +409,9 @@ impl Drop for CallLog {
     fn drop(&mut self) {
         self.release_reply();
         if let Some(connection) = &self.connection {
-            connection.buffered.give_back(self.charged);
+            connection
+                .buffered
+                .give_back(self.charged + self.encoder_held);
         }
         self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
@@ -397,6 +442,10 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Body,
         call: Option<CallLog>,
+        // A unary reply's frame after its message (its trailers), read at once so that the
+        // service's body, and the encoder buffers it keeps, go while the message waits for the
+        // client's window.
+        lookahead: Option<Option<Result<Frame<bytes::Bytes>, Status>>>,
     }
 }
 
@@ -408,7 +457,7 @@ impl HttpBody for LoggedBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
+        let mut this = self.project();
         if this.call.is_none() {
             // Finished: by its own trailers, an error, or the budget.
             return Poll::Ready(None);
@@ -417,7 +466,10 @@ impl HttpBody for LoggedBody {
             // The connection polls again once it has taken the last frame.
             call.release_reply();
         }
-        let frame = ready!(this.inner.poll_frame(cx));
+        let frame = match this.lookahead.take() {
+            Some(frame) => frame,
+            None => ready!(this.inner.as_mut().poll_frame(cx)),
+        };
         let frame = match frame {
             Some(Ok(frame)) => match frame.into_trailers() {
                 Ok(mut trailers) => {
@@ -439,6 +491,12 @@ impl HttpBody for LoggedBody {
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                         call.sending(bytes);
+                        if call.one_reply
+                            && let Poll::Ready(next) = this.inner.as_mut().poll_frame(cx)
+                        {
+                            *this.lookahead = Some(next);
+                            this.inner.set(Body::empty());
+                        }
                     }
                     data
                 }
@@ -461,7 +519,7 @@ impl HttpBody for LoggedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.call.is_none() || self.inner.is_end_stream()
+        self.call.is_none() || (self.lookahead.is_none() && self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {

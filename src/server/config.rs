@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::grpc::compression::ReplyCompression;
 use crate::tls::TlsError;
 
 /// What the server does and what it lets peers take. Every field has a default
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<http::HeaderValue>,
     /// Export a span per call to this OTLP/gRPC collector; `None` keeps tracing off.
     pub otlp_endpoint: Option<http::Uri>,
+    /// When replies are compressed.
+    pub reply_compression: ReplyCompression,
 }
 
 impl ServerConfig {
@@ -72,6 +75,7 @@ impl ServerConfig {
         playground: true,
         cors_origins: Vec::new(),
         otlp_endpoint: None,
+        reply_compression: ReplyCompression::IfRequestCompressed,
     };
 }
 

@@ -1,4 +1,4 @@
-//! A direct route for the hot call: unary `DoFormat` without compression or authentication,
+//! A direct route for the hot call: unary `DoFormat` without a compressed request or authentication,
 //! handled in one small future instead of tonic's generic unary machinery (router, codec
 //! streams, boxed encoders). Everything else goes to tonic's router unchanged.
 //!
@@ -14,12 +14,13 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
 
+use crate::grpc::compression::GRPC_ENCODING;
 use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
 use crate::grpc::status::{ok_trailers, status_response};
 use crate::pb::Data;
@@ -47,22 +48,16 @@ impl<S> FastPath<S> {
         }
     }
 
-    /// Unary DoFormat with neither compressed requests nor a wish for compressed replies (both
-    /// are tonic's job): what h2load, tonic clients and most grpc-go clients send.
+    /// Unary DoFormat whose request is not compressed (decompressing is tonic's job): what
+    /// every client sends unless told to compress. Replies are compressed after this, for
+    /// every path alike, so what a client accepts does not matter here.
     fn takes<B>(&self, request: &Request<B>) -> bool {
-        // Header names as constants: a `&str` is parsed and validated at every lookup.
-        const ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
-        const ACCEPT_ENCODING: HeaderName = HeaderName::from_static("grpc-accept-encoding");
-        let plain = |name| {
-            request
-                .headers()
-                .get(name)
-                .is_none_or(|value| value.as_bytes() == b"identity")
-        };
         self.enabled
             && request.uri().path() == self.path
-            && plain(ENCODING)
-            && plain(ACCEPT_ENCODING)
+            && request
+                .headers()
+                .get(GRPC_ENCODING)
+                .is_none_or(|value| value.as_bytes() == b"identity")
     }
 }
 

@@ -28,6 +28,7 @@
 mod auth;
 mod budget;
 mod call;
+mod compress;
 mod config;
 mod connection;
 mod deadline;
@@ -73,6 +74,7 @@ use crate::server::http2::Http2Settings;
 use crate::server::listen::{Acceptor, DescriptorLimit};
 use crate::server::web::WebSettings;
 
+pub use crate::grpc::compression::ReplyCompression;
 use crate::server::metrics::GrpcMetrics;
 use crate::service::FormatDataService;
 use crate::tls;
@@ -163,6 +165,7 @@ impl Server {
             metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
             stall_timeout: Some(config.stall_timeout),
             tracing: tracing.clone(),
+            reply_compression: config.reply_compression,
         };
         let web = web_settings(&config, listeners.local_addrs());
         let fronts = Fronts::new(http_service(routes, calls, &config), &web);
@@ -304,15 +307,14 @@ fn format_data(
     config: &ServerConfig,
 ) -> InterceptedService<FormatDataServer<FormatDataService>, RequireBearer> {
     // No encoding limit here: the service holds replies to the limit before compression
-    // (`service::format`), as the fast path does.
+    // (`service::format`), as the fast path does. Replies are compressed after the services,
+    // for every path alike (`compress.rs`); tonic only decompresses requests.
     let server = FormatDataServer::new(FormatDataService {
         max_message_bytes: config.max_message_bytes,
     })
     .max_decoding_message_size(config.max_message_bytes)
     .accept_compressed(CompressionEncoding::Gzip)
-    .accept_compressed(CompressionEncoding::Zstd)
-    .send_compressed(CompressionEncoding::Gzip)
-    .send_compressed(CompressionEncoding::Zstd);
+    .accept_compressed(CompressionEncoding::Zstd);
     InterceptedService::new(server, RequireBearer::new(config.auth_token.as_deref()))
 }
 

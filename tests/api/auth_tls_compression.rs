@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use formatdata::client::{Client, ClientConfig, ClientError, ClientTls};
-use formatdata::server::{ConfigError, Server, ServerConfig, TlsFiles};
+use formatdata::server::{ConfigError, ReplyCompression, Server, ServerConfig, TlsFiles};
 use formatdata_test_support::app::{TestApp, spawn_app, spawn_app_with};
 use formatdata_test_support::certs::Certificates;
 use formatdata_test_support::raw::{self, DO_FORMAT, data_message, frame};
@@ -189,20 +189,21 @@ async fn gzip_and_zstd_requests_get_replies() {
     }
 }
 
-#[tokio::test]
-async fn replies_are_compressed_when_the_caller_accepts_it() {
-    let app = spawn_app().await;
+/// A DoFormat call whose request says `grpc-encoding: gzip` (its one message left uncompressed,
+/// as gRPC allows), accepting `accept`, with 10 kB of one letter.
+async fn call_with_encodings(app: &TestApp, request: &[(&'static str, &str)]) -> raw::RawReply {
     let text = "a".repeat(10_000);
-
-    let reply = raw::call(
+    raw::call(
         app.addr,
         DO_FORMAT,
-        &[("grpc-accept-encoding", "gzip")],
+        request,
         frame(false, &data_message(text.as_bytes())),
     )
-    .await;
+    .await
+}
 
-    assert_eq!(reply.code(), Code::Ok);
+fn assert_gzipped(reply: &raw::RawReply) {
+    assert_eq!(reply.code(), Code::Ok, "{}", reply.message());
     assert_eq!(reply.headers["grpc-encoding"], "gzip");
     assert_eq!(reply.body[0], 1, "the message is flagged compressed");
     assert!(
@@ -210,6 +211,58 @@ async fn replies_are_compressed_when_the_caller_accepts_it() {
         "10 kB of one letter compresses: {}",
         reply.body.len()
     );
+}
+
+#[tokio::test]
+async fn a_client_that_compresses_its_request_gets_a_compressed_reply() {
+    let app = spawn_app().await;
+    let reply = call_with_encodings(
+        &app,
+        &[
+            ("grpc-encoding", "gzip"),
+            ("grpc-accept-encoding", "identity,deflate,gzip"),
+        ],
+    )
+    .await;
+    assert_gzipped(&reply);
+}
+
+#[tokio::test]
+async fn listing_gzip_alone_as_grpcio_does_gets_no_unasked_compression() {
+    let app = spawn_app().await;
+    let reply =
+        call_with_encodings(&app, &[("grpc-accept-encoding", "identity,deflate,gzip")]).await;
+
+    assert_eq!(reply.code(), Code::Ok);
+    assert!(
+        !reply.headers.contains_key("grpc-encoding"),
+        "{:?}",
+        reply.headers
+    );
+    assert_eq!(reply.body[0], 0);
+}
+
+#[tokio::test]
+async fn the_operator_can_compress_every_large_reply_a_client_accepts() {
+    let app = spawn_app_with(ServerConfig {
+        reply_compression: ReplyCompression::Always,
+        ..ServerConfig::default()
+    })
+    .await;
+    let reply =
+        call_with_encodings(&app, &[("grpc-accept-encoding", "identity,deflate,gzip")]).await;
+    assert_gzipped(&reply);
+
+    // A short reply goes as it is: gzip would make it longer.
+    let short = raw::call(
+        app.addr,
+        DO_FORMAT,
+        &[("grpc-accept-encoding", "gzip")],
+        frame(false, &data_message(b"abc")),
+    )
+    .await;
+    assert_eq!(short.code(), Code::Ok);
+    assert_eq!(short.body, frame(false, &data_message(b"ABC")));
 }
 
 #[tokio::test]

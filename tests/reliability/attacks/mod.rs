@@ -16,6 +16,7 @@ mod rapid_reset;
 mod rebinding;
 mod reply_limit;
 mod stalls;
+mod unread_replies;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -36,12 +36,12 @@ async fn a_reply_over_the_message_limit_is_resource_exhausted_on_every_path() {
     for (path, headers) in [
         ("fast path", &[][..]),
         (
-            "tonic's path, zstd accepted",
-            &[("grpc-accept-encoding", "zstd")][..],
+            "tonic's path, zstd both ways",
+            &[("grpc-encoding", "zstd"), ("grpc-accept-encoding", "zstd")][..],
         ),
         (
-            "tonic's path, gzip accepted",
-            &[("grpc-accept-encoding", "gzip")][..],
+            "tonic's path, gzip both ways",
+            &[("grpc-encoding", "gzip"), ("grpc-accept-encoding", "gzip")][..],
         ),
     ] {
         let answer = raw::call(

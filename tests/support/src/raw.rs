@@ -76,6 +76,20 @@ pub async fn connect_with_task(
     (client.ready().await.expect("connection ready"), task)
 }
 
+/// An HTTP/2 connection whose client never reads a reply's body: every stream's flow-control
+/// window is 0, so the server must keep each reply it makes until the connection closes.
+pub async fn connect_not_reading(addr: SocketAddr) -> SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    client.ready().await.expect("connection ready")
+}
+
 /// Sends the request headers of a gRPC call to `path`; `headers` override the defaults
 /// (`content-type: application/grpc`, `te: trailers`). The body is for the caller to send.
 pub fn start_call(

@@ -1,0 +1,165 @@
+//! Message compression, gRPC's way: the encodings spoken (`grpc-encoding`,
+//! `grpc-accept-encoding`), which one a reply gets and when, and one message compressed on its
+//! own (gRPC compresses each message, flagging it in its prefix).
+//!
+//! Requests are decompressed by tonic (`accept_compressed`); replies are compressed here, after
+//! the services, so the decision is made once for every path and the server holds only the
+//! compressed bytes of a reply waiting for its client's window.
+
+use std::io::Write;
+
+use http::HeaderMap;
+
+/// The reply encodings the server speaks, in the order it prefers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    Gzip,
+    Zstd,
+}
+
+/// `grpc-encoding`: how a call's messages flagged compressed are compressed.
+pub(crate) const GRPC_ENCODING: http::HeaderName = http::HeaderName::from_static("grpc-encoding");
+/// `grpc-accept-encoding`: the encodings a peer can read.
+pub(crate) const GRPC_ACCEPT_ENCODING: http::HeaderName =
+    http::HeaderName::from_static("grpc-accept-encoding");
+
+/// Messages shorter than this go uncompressed, whatever was agreed: gzip's header and trailer
+/// alone are 18 bytes, and a short text rarely shrinks enough to pay for the CPU (a 4-byte
+/// reply became 24 bytes of gzip).
+pub(crate) const MIN_COMPRESSED_MESSAGE: usize = 1024;
+
+impl Encoding {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name.trim() {
+            "gzip" => Some(Self::Gzip),
+            "zstd" => Some(Self::Zstd),
+            _ => None,
+        }
+    }
+
+    /// `message` compressed, or `None` when that would not make it smaller: the message then
+    /// goes uncompressed (flag 0), which every gRPC peer reads in any call.
+    pub(crate) fn compress(self, message: &[u8]) -> Option<Vec<u8>> {
+        if message.len() < MIN_COMPRESSED_MESSAGE {
+            return None;
+        }
+        let mut out = Vec::with_capacity(message.len() / 4);
+        let compressed = match self {
+            Self::Gzip => {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(&mut out, flate2::Compression::default());
+                encoder
+                    .write_all(message)
+                    .and_then(|()| encoder.finish().map(drop))
+            }
+            Self::Zstd => zstd::stream::copy_encode(message, &mut out, 0),
+        }
+        .map(|_| out);
+        compressed.ok().filter(|out| out.len() < message.len())
+    }
+}
+
+/// When the server compresses replies (`--compress-replies`).
+///
+/// Stock grpc-go, grpc-core and tonic compress a reply only when the application asks; grpcio
+/// and grpc-js list gzip in `grpc-accept-encoding` on every call, so answering that list alone
+/// would compress every reply to every such client, unasked, at a third of the speed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyCompression {
+    /// Never: every reply goes uncompressed.
+    Never,
+    /// When the request itself came compressed, in the same encoding (if the client accepts
+    /// it): a client that compresses what it sends wants compression.
+    #[default]
+    IfRequestCompressed,
+    /// Whenever the client accepts an encoding the server speaks: for large replies over slow
+    /// links, where bytes cost more than CPU.
+    Always,
+}
+
+/// The encoding of the reply to a request with `headers`, under `policy`; `None`: uncompressed.
+pub(crate) fn reply_encoding(headers: &HeaderMap, policy: ReplyCompression) -> Option<Encoding> {
+    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let accepted = || {
+        header(GRPC_ACCEPT_ENCODING)
+            .into_iter()
+            .flat_map(|list| list.split(','))
+            .filter_map(Encoding::from_name)
+    };
+    match policy {
+        ReplyCompression::Never => None,
+        ReplyCompression::IfRequestCompressed => {
+            let sent = header(GRPC_ENCODING).and_then(Encoding::from_name)?;
+            accepted().any(|encoding| encoding == sent).then_some(sent)
+        }
+        ReplyCompression::Always => {
+            let mut accepted = accepted();
+            let first = accepted.next()?;
+            // Prefer gzip, which every client that speaks compression has.
+            Some(match first {
+                Encoding::Gzip => first,
+                Encoding::Zstd => accepted.find(|e| *e == Encoding::Gzip).unwrap_or(first),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn grpcio_s_accept_list_alone_asks_for_nothing_by_default() {
+        let grpcio = headers(&[("grpc-accept-encoding", "identity,deflate,gzip")]);
+        let policy = ReplyCompression::default();
+        assert_eq!(reply_encoding(&grpcio, policy), None);
+        assert_eq!(
+            reply_encoding(&grpcio, ReplyCompression::Always),
+            Some(Encoding::Gzip)
+        );
+    }
+
+    #[test]
+    fn a_compressed_request_gets_its_own_encoding_back_if_accepted() {
+        let policy = ReplyCompression::IfRequestCompressed;
+        let zstd = headers(&[
+            ("grpc-encoding", "zstd"),
+            ("grpc-accept-encoding", "gzip, zstd"),
+        ]);
+        assert_eq!(reply_encoding(&zstd, policy), Some(Encoding::Zstd));
+        let not_accepted = headers(&[("grpc-encoding", "zstd"), ("grpc-accept-encoding", "gzip")]);
+        assert_eq!(reply_encoding(&not_accepted, policy), None);
+        assert_eq!(reply_encoding(&zstd, ReplyCompression::Never), None);
+    }
+
+    #[test]
+    fn small_or_incompressible_messages_stay_as_they_are() {
+        assert_eq!(Encoding::Gzip.compress(b"HELLO,WORLD!"), None);
+        let noise: Vec<u8> = (0..4096).map(|_| fastrand::u8(..)).collect();
+        assert_eq!(Encoding::Gzip.compress(&noise), None);
+        let text = "A".repeat(10_000);
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let compressed = encoding.compress(text.as_bytes()).expect("compresses");
+            assert!(compressed.len() < 200, "{encoding:?}: {}", compressed.len());
+        }
+    }
+}
