@@ -37,10 +37,29 @@ pub(crate) fn status_trailers(status: &Status) -> HeaderMap {
     trailers
 }
 
-/// Sets `grpc-status` and `grpc-message` (percent-encoded) for `status`.
+/// Longest `grpc-message` the server sends, in bytes before percent-encoding. Messages may echo
+/// what the client sent (a reflection symbol, a content type); careful clients refuse trailers
+/// of a megabyte, and an echo of a few hundred bytes says all there is to say.
+pub(crate) const MAX_STATUS_MESSAGE: usize = 512;
+
+/// `message`, cut to [`MAX_STATUS_MESSAGE`] bytes (at a character boundary) with a note of how
+/// much was left out.
+pub(crate) fn bounded_message(message: &str) -> std::borrow::Cow<'_, str> {
+    if message.len() <= MAX_STATUS_MESSAGE {
+        return message.into();
+    }
+    let mut end = MAX_STATUS_MESSAGE - 32;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes cut)", &message[..end], message.len() - end).into()
+}
+
+/// Sets `grpc-status` and `grpc-message` (percent-encoded, at most [`MAX_STATUS_MESSAGE`]
+/// bytes) for `status`.
 pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
     // tonic's own encoder (percent-encoding the message) keeps the two in agreement.
-    let encoded = Status::new(status.code(), status.message())
+    let encoded = Status::new(status.code(), bounded_message(status.message()))
         .into_http::<()>()
         .into_parts()
         .0
@@ -63,6 +82,8 @@ pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
 ///   return INTERNAL, so this is always bytes the caller sent.
 /// - UNIMPLEMENTED with no message -> the same with the method named: tonic's router has no
 ///   such method.
+///
+/// A message over [`MAX_STATUS_MESSAGE`] is cut there.
 pub(crate) fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<Status> {
     let code = Code::from_bytes(headers.get(&GRPC_STATUS)?.as_bytes());
     if code == Code::Ok {
@@ -82,6 +103,9 @@ pub(crate) fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<S
         Code::Internal => Status::invalid_argument(message),
         Code::Unimplemented if message.is_empty() => {
             Status::unimplemented(format!("unknown method {method}"))
+        }
+        _ if message.len() > MAX_STATUS_MESSAGE => {
+            Status::new(code, bounded_message(&message).into_owned())
         }
         _ => return Some(Status::new(code, message)),
     };
@@ -168,6 +192,27 @@ mod tests {
         let mut ok = headers(&[("grpc-status", "0")]);
         assert_eq!(standard_status(&mut ok, "/m").unwrap().code(), Code::Ok);
         assert!(standard_status(&mut HeaderMap::new(), "/m").is_none());
+    }
+
+    #[test]
+    fn a_long_message_is_cut_wherever_it_comes_from() {
+        let echo = format!("symbol not found: {}", "é".repeat(100_000));
+        let status = Status::not_found(echo.clone());
+        let trailers = status_trailers(&status);
+        assert!(trailers["grpc-message"].len() < 3 * MAX_STATUS_MESSAGE);
+
+        let mut from_tonic = status_trailers(&Status::ok(""));
+        from_tonic.insert("grpc-status", HeaderValue::from_static("5"));
+        let long = percent_encoding::utf8_percent_encode(&echo, percent_encoding::NON_ALPHANUMERIC);
+        from_tonic.insert("grpc-message", long.to_string().parse().unwrap());
+        let read = standard_status(&mut from_tonic, "/m").unwrap();
+        assert!(
+            read.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            read.message().len()
+        );
+        assert!(read.message().ends_with("bytes cut)"), "{}", read.message());
+        assert!(from_tonic["grpc-message"].len() < 3 * MAX_STATUS_MESSAGE);
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::server::compress::CompressedReplies;
 use crate::server::connection::ConnectionState;
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
 use crate::server::request_body::{ClientGone, RequestBody, client_went_away};
+use crate::telemetry::untrusted;
 
 /// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
 #[derive(Debug, Default)]
@@ -381,14 +382,14 @@ impl CallLog {
         if status.code() == Code::Cancelled {
             self.count_cancelled();
         }
-        let (method, code) = (self.method(), status.code());
+        let (method, code) = (untrusted(self.method()), status.code());
         let duration_us = self.started.elapsed().as_micros() as u64;
         let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
         if code == Code::Ok {
-            debug!(method, code = ?code, duration_us, trace_id, "call finished");
+            debug!(method = %method, code = ?code, duration_us, trace_id, "call finished");
         } else {
-            let message = status.message();
-            warn!(method, code = ?code, message, duration_us, trace_id, "call failed");
+            let message = untrusted(status.message());
+            warn!(method = %method, code = ?code, status_message = %message, duration_us, trace_id, "call failed");
         }
         if let Some(span) = self.span.take() {
             span.end(code, status.message());
@@ -424,9 +425,9 @@ impl Drop for CallLog {
             // Its span, dropped with it, says CANCELLED too.
             let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
             warn!(
-                method = self.method(),
+                method = %untrusted(self.method()),
                 code = ?Code::Cancelled,
-                message = "the call ended before its reply",
+                status_message = "the call ended before its reply",
                 duration_us,
                 trace_id,
                 "call failed"

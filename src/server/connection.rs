@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::telemetry::untrusted;
 use bytes::{Buf, Bytes};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -100,7 +101,9 @@ impl ConnectionSettings {
                         }
                     }
                     Ok(Err(error)) => {
-                        warn!(?peer, "TLS handshake failed: {error}");
+                        // rustls's reasons can quote what the peer sent (a server name, say).
+                        let error = error.to_string();
+                        warn!(?peer, "TLS handshake failed: {}", untrusted(&error));
                         return;
                     }
                     Err(_) => Err(Ended::NoHandshake),

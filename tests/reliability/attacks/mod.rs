@@ -10,6 +10,7 @@
 
 mod connections;
 mod cpu;
+mod log_forging;
 mod memory;
 mod metrics_port;
 mod rapid_reset;
