@@ -34,6 +34,12 @@ use crate::server::budget::ByteBudget;
 use crate::server::front::Fronts;
 use crate::server::http2::{self, Http2Error, Http2Settings};
 
+/// Largest HTTP/1.1 request head, and so hyper's read buffer: what a peer that sends a head and
+/// never finishes it makes the server hold (with hyper's own state, about 20 KiB a connection).
+/// HTTP/2's header-list limit, the same for both protocols; longer heads get 431. hyper's
+/// default, about 400 KiB, let 1,000 stalled heads take 412 MiB.
+pub(super) const MAX_HTTP1_HEAD: usize = 16 * 1024;
+
 /// Every HTTP/2 connection starts with these 24 bytes from the client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -178,7 +184,8 @@ impl ConnectionSettings {
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(self.stall_timeout);
+            .header_read_timeout(self.stall_timeout)
+            .max_buf_size(MAX_HTTP1_HEAD);
         let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
         let mut idle = Idle::new(&state.active, self.idle_timeout);
         let mut closing = false;

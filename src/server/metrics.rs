@@ -4,6 +4,7 @@
 //!
 //! [`crate::server::call`] records each call; this module owns the registry and the endpoint.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -18,11 +19,13 @@ use prometheus::{
 };
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
 use tonic::Code;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::grpc::methods::{self, Method};
 use crate::grpc::status::go_code_name;
+use crate::server::connection::MAX_HTTP1_HEAD;
 use crate::server::listen::Acceptor;
 
 /// Connections the endpoint serves at once: scrapers are few.
@@ -168,16 +171,30 @@ impl CallMetrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` (HTTP/1.1, as Prometheus scrapes) until dropped, at
-/// most [`MAX_METRICS_CONNECTIONS`] connections at once, each with `head_timeout` for its
-/// request heads: the endpoint must not be easier to exhaust than the main port.
+/// Serves `GET /metrics` on `listener` (HTTP/1.1, as Prometheus scrapes) until dropped, with
+/// `head_timeout` for each request head and at most [`MAX_METRICS_CONNECTIONS`] connections:
+/// when one more comes, the oldest is closed. Peers that open connections and send half a head
+/// then only push each other out, and a scrape (the newest connection, done in milliseconds) is
+/// answered whatever they do.
 pub(super) async fn serve(listener: TcpListener, metrics: GrpcMetrics, head_timeout: Duration) {
-    let mut acceptor = Acceptor::new(vec![listener], MAX_METRICS_CONNECTIONS);
+    // Twice the cap, so accept never waits for an evicted connection's task to end.
+    let mut acceptor = Acceptor::new(vec![listener], 2 * MAX_METRICS_CONNECTIONS);
+    let mut open: VecDeque<AbortHandle> = VecDeque::new();
     loop {
         let (stream, slot) = acceptor.accept().await;
+        open.retain(|connection| !connection.is_finished());
+        if open.len() >= MAX_METRICS_CONNECTIONS
+            && let Some(oldest) = open.pop_front()
+        {
+            oldest.abort();
+            warn!(
+                "metrics port: {MAX_METRICS_CONNECTIONS} connections open; closed the oldest to \
+                 serve a new one"
+            );
+        }
         let peer = stream.peer_addr().ok();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let metrics = metrics.clone();
@@ -186,6 +203,7 @@ pub(super) async fn serve(listener: TcpListener, metrics: GrpcMetrics, head_time
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(head_timeout)
+                .max_buf_size(MAX_HTTP1_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             if let Err(error) = served {
@@ -193,6 +211,7 @@ pub(super) async fn serve(listener: TcpListener, metrics: GrpcMetrics, head_time
             }
             drop(slot);
         });
+        open.push_back(connection.abort_handle());
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod connections;
 mod cpu;
+mod http1_heads;
 mod log_forging;
 mod memory;
 mod metrics_port;
