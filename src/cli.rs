@@ -111,6 +111,19 @@ pub struct ServerArgs {
           default_value_t = SERVER.max_buffered_bytes_per_connection)]
     pub max_buffered_bytes_per_connection: usize,
 
+    /// The same, for the calls of one client address on all its connections: one host gets a
+    /// share, not the whole. Behind a proxy that is every client's address, so raise it to
+    /// --max-buffered-bytes there.
+    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES_PER_PEER",
+          default_value_t = SERVER.max_buffered_bytes_per_peer)]
+    pub max_buffered_bytes_per_peer: usize,
+
+    /// Connections one client address may have open; more are closed as they come
+    /// [default: a quarter of --max-connections]. Behind a proxy, raise it to
+    /// --max-connections.
+    #[arg(long, env = "FORMATDATA_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<u32>,
+
     /// When replies are compressed: `if-request-compressed` (in the request's encoding, when
     /// the client accepts it back), `always` (whenever the client accepts gzip or zstd), or
     /// `never`. Messages under 1 KiB, and those compression would not shrink, always go as
@@ -188,6 +201,8 @@ impl ServerArgs {
             idle_timeout: self.idle_timeout.or_off(),
             max_buffered_bytes: self.max_buffered_bytes,
             max_buffered_bytes_per_connection: self.max_buffered_bytes_per_connection,
+            max_buffered_bytes_per_peer: self.max_buffered_bytes_per_peer,
+            max_connections_per_peer: self.max_connections_per_peer.map(|max| max as usize),
             metrics_addr: self.metrics_addr,
             grpc_web: self.grpc_web,
             playground: !self.no_playground,

@@ -31,7 +31,7 @@ use crate::grpc::is_grpc;
 use crate::grpc::methods;
 use crate::grpc::status::{standard_status, status_response, status_trailers};
 use crate::otel::{CallSpan, Tracing};
-use crate::server::budget;
+use crate::server::budget::{self, StreamClaim, shed_status};
 use crate::server::compress::CompressedReplies;
 use crate::server::connection::ConnectionState;
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
@@ -146,6 +146,13 @@ where
                 self.stall_timeout,
             )
         });
+        // Streams may be shed when the server runs short; a unary call is over soon anyway.
+        let claim = match &self.connection {
+            Some(connection) if !(one_request && one_reply) => {
+                Some(connection.buffered.claim_stream())
+            }
+            _ => None,
+        };
         let span = self.tracing.as_ref().map(|tracing| {
             tracing.server_span(
                 method,
@@ -163,7 +170,7 @@ where
             self.connection.clone(),
             gone,
             span,
-            one_reply,
+            claim,
         );
         if let Err(status) = call.charge(one_request) {
             call.finish(&status);
@@ -220,6 +227,11 @@ where
                 call,
                 encoding,
             } => {
+                if call.as_ref().is_some_and(|call| call.poll_shed(cx)) {
+                    let status = shed_status();
+                    call.take().expect("polled once").finish(&status);
+                    return Poll::Ready(Ok(status_response(&status)));
+                }
                 let mut response = ready!(reply.poll(cx))?;
                 let call = call.take().expect("polled once");
                 // A "trailers-only" response carries its status in the headers: the call ended
@@ -279,8 +291,9 @@ pub struct CallLog {
     charged: usize,
     /// Its OpenTelemetry span, when tracing is on.
     span: Option<CallSpan>,
-    /// A unary reply: its body is done with once its one message is out.
-    one_reply: bool,
+    /// A streaming call's stake in the budgets, which the server may shed; `None` for unary
+    /// calls (and outside a server).
+    claim: Option<Arc<StreamClaim>>,
     /// For a stream of replies, the largest so far, held in the budget for as long as the call
     /// runs: tonic's encoder keeps a buffer that large between messages.
     encoder_held: usize,
@@ -294,7 +307,7 @@ impl CallLog {
         connection: Option<Arc<ConnectionState>>,
         gone: ClientGone,
         span: Option<CallSpan>,
-        one_reply: bool,
+        claim: Option<Arc<StreamClaim>>,
     ) -> Self {
         in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
@@ -312,7 +325,7 @@ impl CallLog {
             gone,
             charged: 0,
             span,
-            one_reply,
+            claim,
             encoder_held: 0,
         }
     }
@@ -321,12 +334,26 @@ impl CallLog {
     /// [`limits::call_cost`]), so the budgets bound thousands of quiet calls as they bound a few
     /// large ones.
     fn charge(&mut self, one_message: bool) -> Result<(), Status> {
-        if let Some(connection) = &self.connection {
-            let cost = budget::call_cost(one_message);
-            connection.buffered.take(cost)?;
-            self.charged = cost;
+        let cost = budget::call_cost(one_message);
+        match (&self.claim, &self.connection) {
+            (Some(claim), _) => claim.take(cost),
+            (None, Some(connection)) => {
+                connection.buffered.take(cost)?;
+                self.charged = cost;
+                Ok(())
+            }
+            (None, None) => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whether the server shed this call to make room; if not, `cx` is woken when it does.
+    fn poll_shed(&self, cx: &mut Context<'_>) -> bool {
+        self.claim.as_ref().is_some_and(|claim| claim.poll_shed(cx))
+    }
+
+    /// A unary reply: its body is done with once its one message is out.
+    fn one_reply(&self) -> bool {
+        self.claim.is_none()
     }
 
     /// Holds `bytes` of reply in the connection's budget until [`Self::release_reply`]: a client
@@ -337,8 +364,11 @@ impl CallLog {
             connection.progressed();
             connection.buffered.take(bytes)?;
             self.reply_held = bytes;
-            if !self.one_reply && bytes > self.encoder_held {
-                connection.buffered.take(bytes - self.encoder_held)?;
+        }
+        if let Some(claim) = &self.claim {
+            claim.touch();
+            if bytes > self.encoder_held {
+                claim.take(bytes - self.encoder_held)?;
                 self.encoder_held = bytes;
             }
         }
@@ -410,9 +440,10 @@ impl Drop for CallLog {
     fn drop(&mut self) {
         self.release_reply();
         if let Some(connection) = &self.connection {
-            connection
-                .buffered
-                .give_back(self.charged + self.encoder_held);
+            connection.buffered.give_back(self.charged);
+        }
+        if let Some(claim) = &self.claim {
+            claim.release();
         }
         self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
         if !self.finished {
@@ -466,6 +497,12 @@ impl HttpBody for LoggedBody {
         if let Some(call) = this.call.as_mut() {
             // The connection polls again once it has taken the last frame.
             call.release_reply();
+            if call.poll_shed(cx) {
+                let status = shed_status();
+                let trailers = status_trailers(&status);
+                this.call.take().expect("checked").finish(&status);
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            }
         }
         let frame = match this.lookahead.take() {
             Some(frame) => frame,
@@ -492,7 +529,7 @@ impl HttpBody for LoggedBody {
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                         call.sending(bytes);
-                        if call.one_reply
+                        if call.one_reply()
                             && let Poll::Ready(next) = this.inner.as_mut().poll_frame(cx)
                         {
                             *this.lookahead = Some(next);

@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 use crate::server::budget::ByteBudget;
 use crate::server::front::Fronts;
 use crate::server::http2::{self, Http2Error, Http2Settings};
+use crate::server::peers::PeerSlot;
 
 /// Largest HTTP/1.1 request head, and so hyper's read buffer: what a peer that sends a head and
 /// never finishes it makes the server hold (with hyper's own state, about 20 KiB a connection).
@@ -61,8 +62,6 @@ pub(super) struct ConnectionSettings {
     pub idle_timeout: Option<Duration>,
     /// `--max-buffered-bytes-per-connection`.
     pub max_buffered_bytes: usize,
-    /// `--max-buffered-bytes`, shared by every connection.
-    pub server_buffered: Arc<ByteBudget>,
 }
 
 impl ConnectionSettings {
@@ -72,6 +71,7 @@ impl ConnectionSettings {
     pub(super) async fn serve(
         self,
         stream: TcpStream,
+        slot: PeerSlot,
         fronts: Fronts,
         mut drain: watch::Receiver<()>,
     ) {
@@ -79,8 +79,13 @@ impl ConnectionSettings {
         let state = Arc::new(ConnectionState {
             peer,
             cancels: CancelBudget::default(),
-            buffered: ByteBudget::connection(&self.server_buffered, self.max_buffered_bytes),
+            buffered: ByteBudget::within(
+                &slot.peer.budget,
+                self.max_buffered_bytes,
+                "--max-buffered-bytes-per-connection",
+            ),
             active: AtomicBool::new(false),
+            _slot: slot,
         });
         let deadline = Instant::now() + self.handshake_timeout;
         let result = match &self.tls {
@@ -294,9 +299,11 @@ pub struct ConnectionState {
     /// Calls its client cancelled: the rapid-reset defence.
     pub cancels: CancelBudget,
     /// Bytes its calls hold.
-    pub buffered: ByteBudget,
+    pub buffered: Arc<ByteBudget>,
     /// Set whenever one of its calls makes progress; cleared by [`Idle`].
     active: AtomicBool,
+    /// Its place in its client address's share, held while it is open.
+    _slot: PeerSlot,
 }
 
 impl ConnectionState {

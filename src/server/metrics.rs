@@ -40,6 +40,12 @@ pub(super) struct GrpcMetrics {
     registry: Registry,
     /// Each method's series, in the order of the method table.
     methods: Arc<[Arc<MethodMetrics>]>,
+    /// `formatdata_streams_shed_total`: streams ended to make room when the server's byte
+    /// budget was full.
+    pub streams_shed: IntCounter,
+    /// `formatdata_connections_refused_total`: connections refused because their address
+    /// already had its share.
+    pub connections_refused: IntCounter,
 }
 
 /// One method's series.
@@ -109,9 +115,21 @@ impl GrpcMetrics {
                 })
             })
             .collect();
+        let streams_shed = IntCounter::new(
+            "formatdata_streams_shed_total",
+            "Streams ended with RESOURCE_EXHAUSTED to make room when the server's byte budget was full (those idle the longest first).",
+        )
+        .expect("valid metric");
+        let connections_refused = IntCounter::new(
+            "formatdata_connections_refused_total",
+            "Connections refused because their client address already had its share (--max-connections-per-peer).",
+        )
+        .expect("valid metric");
         let registry = Registry::new();
         for collector in [
-            Box::new(started) as Box<dyn prometheus::core::Collector>,
+            Box::new(streams_shed.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_refused.clone()),
+            Box::new(started),
             Box::new(handled),
             Box::new(received),
             Box::new(sent),
@@ -120,7 +138,12 @@ impl GrpcMetrics {
         ] {
             registry.register(collector).expect("distinct metric names");
         }
-        Self { registry, methods }
+        Self {
+            registry,
+            methods,
+            streams_shed,
+            connections_refused,
+        }
     }
 
     /// Counts a call to `method` as started. Only methods the server has are counted, as

@@ -37,6 +37,7 @@ mod front;
 mod http2;
 mod listen;
 mod metrics;
+mod peers;
 mod request_body;
 mod shutdown;
 mod web;
@@ -64,7 +65,7 @@ use crate::otel::{Tracing, TracingError};
 use crate::pb::format_data_server::FormatDataServer;
 use crate::runtime;
 use crate::server::auth::RequireBearer;
-use crate::server::budget::ByteBudget;
+use crate::server::budget::{ByteBudget, SheddableStreams};
 use crate::server::call::{Calls, CallsLayer, InFlight};
 use crate::server::connection::ConnectionSettings;
 use crate::server::deadline::Deadlines;
@@ -72,6 +73,7 @@ use crate::server::fast_path::FastPath;
 use crate::server::front::Fronts;
 use crate::server::http2::Http2Settings;
 use crate::server::listen::{Acceptor, DescriptorLimit};
+use crate::server::peers::Peers;
 use crate::server::web::WebSettings;
 
 pub use crate::grpc::compression::ReplyCompression;
@@ -160,6 +162,19 @@ impl Server {
             Some(endpoint) => Some(Tracing::start(Some(endpoint), "formatdata")?),
             None => None,
         };
+        let shed_total = metrics.as_ref().map(|(m, _)| m.streams_shed.clone());
+        let peers = Peers::new(
+            config
+                .max_connections_per_peer
+                .unwrap_or(max_connections.div_ceil(4)),
+            config.max_buffered_bytes_per_peer,
+            ByteBudget::server(
+                config.max_buffered_bytes,
+                SheddableStreams::new("--max-buffered-bytes", shed_total.clone()),
+            ),
+            metrics.as_ref().map(|(m, _)| m.connections_refused.clone()),
+            shed_total,
+        );
         let calls = CallsLayer {
             in_flight: in_flight.clone(),
             metrics: metrics.as_ref().map(|(metrics, _)| metrics.clone()),
@@ -180,7 +195,6 @@ impl Server {
             stall_timeout: config.stall_timeout,
             idle_timeout: config.idle_timeout,
             max_buffered_bytes: config.max_buffered_bytes_per_connection,
-            server_buffered: ByteBudget::server(config.max_buffered_bytes),
         };
         log_startup(&listeners, &config, max_connections, &web);
 
@@ -204,11 +218,22 @@ impl Server {
                 }
                 accepted = acceptor.accept() => accepted,
             };
+            let Ok(peer) = stream.peer_addr() else {
+                continue;
+            };
+            let peer_slot = match peers.admit(peer.ip()) {
+                Ok(peer_slot) => peer_slot,
+                Err(over) => {
+                    warn!("{over}");
+                    continue;
+                }
+            };
             // Replies are small and written whole: Nagle's algorithm would only delay them.
             let _ = stream.set_nodelay(true);
-            let serving = connection
-                .clone()
-                .serve(stream, fronts.clone(), draining.clone());
+            let serving =
+                connection
+                    .clone()
+                    .serve(stream, peer_slot, fronts.clone(), draining.clone());
             connections.spawn(async move {
                 serving.await;
                 drop(slot);

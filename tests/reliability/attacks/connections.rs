@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 
 use super::assert_serves_normally;
 use formatdata_test_support::process::{ServerProcess, forward_lines, server_command};
+use formatdata_test_support::raw::closed_within;
 
 /// Open files allowed to the server in the descriptor-starved test: its own (runtime, listener,
 /// stdio) leave room for a few dozen connections.
@@ -125,4 +126,42 @@ fn more_connections_than_the_descriptor_limit_allows_is_refused_at_startup() {
     assert_eq!(status.code(), Some(2), "{lines:?}");
     assert_eq!(lines.len(), 1, "one line: {lines:?}");
     assert!(lines[0].contains("connections"), "{lines:?}");
+}
+
+/// One client address gets a quarter of the connections (`--max-connections-per-peer`): a host
+/// that opens more has them closed as they come, and the rest stay for everyone else.
+#[tokio::test]
+async fn one_address_gets_a_share_of_the_connections_not_all() {
+    const MAX_CONNECTIONS: usize = 40;
+    const SHARE: usize = MAX_CONNECTIONS / 4;
+    let server = ServerProcess::start_with_env(
+        &["--addr", "127.0.0.1:0"],
+        &[("FORMATDATA_MAX_CONNECTIONS", &MAX_CONNECTIONS.to_string())],
+    );
+    let addr = server.addrs[0];
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((attacker, 0).into()).unwrap();
+        held.push(socket.connect(addr).await.expect("connect"));
+    }
+    let mut closed = 0;
+    for peer in &mut held {
+        if closed_within(peer, Duration::from_millis(200))
+            .await
+            .is_some()
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed,
+        MAX_CONNECTIONS - SHARE,
+        "of {MAX_CONNECTIONS} connections from one address, {closed} were closed; its share is \
+         {SHARE}"
+    );
+    // Everyone else still gets in.
+    assert_serves_normally(addr).await;
 }

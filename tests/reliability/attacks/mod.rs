@@ -11,6 +11,7 @@
 mod connections;
 mod cpu;
 mod http1_heads;
+mod idle_streams;
 mod log_forging;
 mod memory;
 mod metrics_port;

@@ -76,6 +76,30 @@ pub async fn connect_with_task(
     (client.ready().await.expect("connection ready"), task)
 }
 
+/// [`connect`] from the loopback address `source` (127.0.0.2, 127.0.0.3, ...): to the server, a
+/// client on another host.
+pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> SendRequest<Bytes> {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("a socket");
+    socket
+        .bind((source, 0).into())
+        .expect("bind the source address");
+    let tcp = socket.connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("TCP_NODELAY");
+    // Room for a short reply on each of hundreds of streams before they are read: h2's default
+    // budget for small frames would drop the connection, as no gRPC client does.
+    let (client, connection) = h2::client::Builder::new()
+        .data_frame_budget(4 * 1024 * 1024)
+        .handshake(tcp)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    client.ready().await.expect("connection ready")
+}
+
 /// An HTTP/2 connection whose client never reads a reply's body: every stream's flow-control
 /// window is 0, so the server must keep each reply it makes until the connection closes.
 pub async fn connect_not_reading(addr: SocketAddr) -> SendRequest<Bytes> {
