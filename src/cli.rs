@@ -112,11 +112,10 @@ pub struct ServerArgs {
     pub max_buffered_bytes_per_connection: usize,
 
     /// The same, for the calls of one client address on all its connections: one host gets a
-    /// share, not the whole. Behind a proxy that is every client's address, so raise it to
-    /// --max-buffered-bytes there.
-    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES_PER_PEER",
-          default_value_t = SERVER.max_buffered_bytes_per_peer)]
-    pub max_buffered_bytes_per_peer: usize,
+    /// share, not the whole [default: a quarter of --max-buffered-bytes]. Behind a proxy that
+    /// is every client's address, so raise it to --max-buffered-bytes there.
+    #[arg(long, env = "FORMATDATA_MAX_BUFFERED_BYTES_PER_PEER")]
+    pub max_buffered_bytes_per_peer: Option<usize>,
 
     /// Connections one client address may have open; more are closed as they come
     /// [default: a quarter of --max-connections]. Behind a proxy, raise it to

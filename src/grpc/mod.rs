@@ -11,6 +11,35 @@ pub(crate) mod status;
 use http::HeaderMap;
 use http::header::CONTENT_TYPE;
 
+/// Largest request metadata (the HTTP/2 header list: every header and pseudo-header, each
+/// counted as its name and value plus 32 bytes, as SETTINGS_MAX_HEADER_LIST_SIZE counts it),
+/// grpc-go's and hyper's default. Over it, a call is RESOURCE_EXHAUSTED with a message, as
+/// grpc-core answers its soft limit; HTTP/2 itself refuses twice as much with a bare 431.
+pub(crate) const MAX_METADATA_BYTES: usize = 16 * 1024;
+
+/// The size of a request's metadata as HTTP/2 counts it, to compare with
+/// [`MAX_METADATA_BYTES`].
+pub(crate) fn metadata_size<B>(request: &http::Request<B>) -> usize {
+    const ENTRY_OVERHEAD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        ":method".len() + request.method().as_str().len(),
+        ":scheme".len() + uri.scheme_str().map_or(4, str::len),
+        ":authority".len()
+            + uri
+                .authority()
+                .map_or(0, |authority| authority.as_str().len()),
+        ":path".len() + uri.path_and_query().map_or(1, |path| path.as_str().len()),
+    ];
+    let pseudo: usize = pseudo.iter().map(|entry| entry + ENTRY_OVERHEAD).sum();
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + ENTRY_OVERHEAD)
+        .sum::<usize>()
+        + pseudo
+}
+
 /// gRPC is `application/grpc`, optionally with a `+proto`-style suffix or parameters.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers

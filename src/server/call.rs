@@ -27,9 +27,9 @@ use tracing::{debug, warn};
 
 use crate::grpc::compression::{self, Encoding, GRPC_ENCODING, ReplyCompression};
 use crate::grpc::framing::Framing;
-use crate::grpc::is_grpc;
 use crate::grpc::methods;
 use crate::grpc::status::{standard_status, status_response, status_trailers};
+use crate::grpc::{MAX_METADATA_BYTES, is_grpc, metadata_size};
 use crate::otel::{CallSpan, Tracing};
 use crate::server::budget::{self, StreamClaim, shed_status};
 use crate::server::compress::CompressedReplies;
@@ -173,6 +173,16 @@ where
             claim,
         );
         if let Err(status) = call.charge(one_request) {
+            call.finish(&status);
+            return CallFuture::Answered {
+                response: Some(status_response(&status)),
+            };
+        }
+        let metadata = metadata_size(&request);
+        if metadata > MAX_METADATA_BYTES {
+            let status = Status::resource_exhausted(format!(
+                "request metadata of {metadata} bytes is over the {MAX_METADATA_BYTES}-byte limit"
+            ));
             call.finish(&status);
             return CallFuture::Answered {
                 response: Some(status_response(&status)),

@@ -38,8 +38,9 @@ pub struct ServerConfig {
     pub max_buffered_bytes: usize,
     /// Bytes the calls of one connection may hold.
     pub max_buffered_bytes_per_connection: usize,
-    /// Bytes the calls of one client address may hold, on all its connections.
-    pub max_buffered_bytes_per_peer: usize,
+    /// Bytes the calls of one client address may hold, on all its connections; `None`: a
+    /// quarter of `max_buffered_bytes`.
+    pub max_buffered_bytes_per_peer: Option<usize>,
     /// Connections one client address may have open; `None`: a quarter of `max_connections`.
     pub max_connections_per_peer: Option<usize>,
     /// Where to serve Prometheus metrics; `None` keeps them off.
@@ -74,8 +75,7 @@ impl ServerConfig {
         // deploy/kubernetes), and eight of them on one connection.
         max_buffered_bytes: 256 * 1024 * 1024,
         max_buffered_bytes_per_connection: 32 * 1024 * 1024,
-        // A quarter of the server's: no one host takes it all.
-        max_buffered_bytes_per_peer: 64 * 1024 * 1024,
+        max_buffered_bytes_per_peer: None,
         max_connections_per_peer: None,
         metrics_addr: None,
         grpc_web: None,

@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::server::connection::{ConnectionState, Idle};
+use crate::server::control_frames::{CONTROL_FLOOD_DESCRIPTION, ControlFrames, Watched};
 
 /// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
 /// has read. The protocol's default, as grpc-go uses.
@@ -50,8 +52,12 @@ const CONNECTION_WINDOW: u32 = 512 * 1024;
 /// can cost a connection at about 2 MiB.
 const DATA_FRAME_BUDGET: usize = 2 * 1024 * 1024;
 
-/// Largest request head (HPACK-decoded headers) a client may send; hyper's and grpc-go's default.
-const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Largest request head (HPACK-decoded headers) h2 takes in: twice the metadata a call may
+/// have (`grpc::MAX_METADATA_BYTES`), so that a call a little over that limit gets
+/// RESOURCE_EXHAUSTED with a message gRPC clients show, and only a head far over it h2's bare
+/// 431 (which grpcio and grpc-js report as UNKNOWN). It also bounds what h2 holds of a head that
+/// arrives in pieces.
+const MAX_HEADER_LIST_SIZE: u32 = 2 * crate::grpc::MAX_METADATA_BYTES as u32;
 
 /// Longest a keepalive ping may go unanswered before the peer is considered dead (gRPC's
 /// default); shorter ping intervals use their own length, so a dead peer goes within two.
@@ -110,6 +116,8 @@ where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>,
 {
+    let control_frames = Arc::new(ControlFrames::default());
+    let io = Watched::new(io, control_frames.clone());
     let handshake = settings.builder().handshake::<_, Bytes>(io);
     let mut connection = tokio::time::timeout_at(handshake_deadline, handshake)
         .await
@@ -125,6 +133,7 @@ where
     // Made once, not at every turn of the loop: each would register with (and leave) a Notify.
     let mut drained = pin!(drain.changed());
     let mut abused = pin!(state.cancels.exhausted());
+    let mut flooded = pin!(control_frames.exhausted());
     let mut closing = false;
     loop {
         let event = poll_fn(|cx| {
@@ -172,6 +181,9 @@ where
                 if abused.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Abuse);
                 }
+                if flooded.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::ControlFlood);
+                }
                 if idle.poll_idle(cx).is_ready() {
                     return Poll::Ready(Event::Idle);
                 }
@@ -192,6 +204,14 @@ where
                     peer = ?state.peer,
                     "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client cancelled {}",
                     crate::server::connection::CANCEL_BUDGET_DESCRIPTION
+                );
+                return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
+            }
+            Event::ControlFlood => {
+                warn!(
+                    peer = ?state.peer,
+                    "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client {}",
+                    CONTROL_FLOOD_DESCRIPTION
                 );
                 return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
             }
@@ -217,6 +237,8 @@ enum Event {
     Drain,
     /// The client cancelled calls by the thousand.
     Abuse,
+    /// The client sent control frames far beyond its calls' share.
+    ControlFlood,
     /// No call made progress for the idle timeout.
     Idle,
 }

@@ -31,6 +31,7 @@ mod call;
 mod compress;
 mod config;
 mod connection;
+mod control_frames;
 mod deadline;
 mod fast_path;
 mod front;
@@ -167,7 +168,9 @@ impl Server {
             config
                 .max_connections_per_peer
                 .unwrap_or(max_connections.div_ceil(4)),
-            config.max_buffered_bytes_per_peer,
+            config
+                .max_buffered_bytes_per_peer
+                .unwrap_or(config.max_buffered_bytes.div_ceil(4)),
             ByteBudget::server(
                 config.max_buffered_bytes,
                 SheddableStreams::new("--max-buffered-bytes", shed_total.clone()),

@@ -69,7 +69,7 @@ fn unfinished_heads_at_the_default_connection_cap_cost_a_bounded_amount_each() {
         let mut held = Vec::with_capacity(connections);
         for i in 0..connections {
             // Spread over source addresses, as an attacker with a few hosts would.
-            let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % 200) as u8);
+            let source = raw::other_host(i % 200);
             let socket = TcpSocket::new_v4().unwrap();
             socket.bind((source, 0).into()).unwrap();
             let Ok(mut stream): Result<TcpStream, _> = socket.connect(addr).await else {

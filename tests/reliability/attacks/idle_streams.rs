@@ -74,7 +74,7 @@ fn parked_streams_lock_nobody_out(addresses: usize) {
         for call in 0..CALLS {
             // Half from an address of the attack's own, half from another.
             let source = match call % 2 {
-                0 => attack_address(0),
+                0 => raw::other_host(0),
                 _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
             };
             match call_from(addr, source).await {
@@ -102,11 +102,6 @@ fn parked_streams_lock_nobody_out(addresses: usize) {
         log.contains("ended the streams idle the longest"),
         "no log line says streams were shed"
     );
-}
-
-/// The attack's `n`th client address: 127.0.0.2, 127.0.0.3, ...
-fn attack_address(n: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + n as u8))
 }
 
 /// A DoFormat call on a new connection from `source`, as a new client makes it.
@@ -146,7 +141,7 @@ async fn park_streams(
     let message = raw::frame(false, &raw::data_message(b"parked"));
     let mut connections = JoinSet::new();
     for connection in 0..CONNECTIONS {
-        let source = attack_address(connection % addresses);
+        let source = raw::other_host(connection % addresses);
         let message = message.clone();
         connections.spawn(async move {
             let mut client = raw::connect_from(addr, source).await;

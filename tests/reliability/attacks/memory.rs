@@ -99,6 +99,10 @@ fn stalled_near_limit_messages_leave_memory_bounded() {
 /// answers more with GOAWAY).
 const TINY_FRAMES: usize = 9_000;
 
+/// Hosts the crowding connections come from: an attack at full scale comes from several, since
+/// each client address gets only a share of the connections and the bytes.
+const HOSTS: usize = 10;
+
 /// `deploy/kubernetes/deployment.yaml`: the server's `FORMATDATA_*` variables, and the pod's
 /// memory limit in KiB.
 struct Deployment {
@@ -159,8 +163,8 @@ impl Deployment {
 /// streams as it may open, each with a message answered (so tonic's stream buffers exist), and
 /// then a queue of tiny frames the server stops reading once its replies fill this client's
 /// window. Returns what must stay alive for the cost to stay.
-async fn crowd(addr: SocketAddr) -> impl Sized {
-    let (mut client, task) = raw::connect_with_task(addr).await;
+async fn crowd(addr: SocketAddr, host: usize) -> impl Sized {
+    let (mut client, task) = raw::connect_from_with_task(addr, raw::other_host(host)).await;
     let mut streams = Vec::new();
     while streams.len() < client.current_max_send_streams().max(1) {
         let Ok(ready) = client.clone().ready().await else {
@@ -190,8 +194,10 @@ async fn crowd(addr: SocketAddr) -> impl Sized {
 /// connection more. Returns what must stay alive.
 async fn fill_budgets(addr: SocketAddr, per_connection: usize, total: usize) -> impl Sized {
     let mut held = Vec::new();
-    for _ in 0..total / per_connection + 1 {
-        let (client, task) = raw::connect_with_task(addr).await;
+    for connection in 0..total / per_connection + 1 {
+        // From as many hosts as there are connections: each address gets only a share.
+        let host = HOSTS + connection;
+        let (client, task) = raw::connect_from_with_task(addr, raw::other_host(host)).await;
         let streams = stalled_messages(client, per_connection / DECLARED + 1)
             .await
             .expect("the budget attack's bytes sent or refused in time");
@@ -258,8 +264,8 @@ fn the_deployments_memory_limit_holds_under_an_attack_at_its_budgets() {
         runtime.block_on(async {
             let crowd_all = async {
                 let mut crowds = Vec::new();
-                for _ in 0..max_connections - budget_connections {
-                    crowds.push(crowd(addr).await);
+                for connection in 0..max_connections - budget_connections {
+                    crowds.push(crowd(addr, connection % HOSTS).await);
                 }
                 crowds
             };

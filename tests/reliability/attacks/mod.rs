@@ -9,6 +9,7 @@
 //! on what the server does, not on an unknown flag.
 
 mod connections;
+mod control_floods;
 mod cpu;
 mod http1_heads;
 mod idle_streams;

@@ -79,6 +79,14 @@ pub async fn connect_with_task(
 /// [`connect`] from the loopback address `source` (127.0.0.2, 127.0.0.3, ...): to the server, a
 /// client on another host.
 pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> SendRequest<Bytes> {
+    connect_from_with_task(addr, source).await.0
+}
+
+/// [`connect_from`], with the task that drives the connection.
+pub async fn connect_from_with_task(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+) -> (SendRequest<Bytes>, JoinHandle<Result<(), h2::Error>>) {
     let socket = match source {
         std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -96,8 +104,13 @@ pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> SendReq
         .handshake(tcp)
         .await
         .expect("HTTP/2 handshake");
-    tokio::spawn(connection);
-    client.ready().await.expect("connection ready")
+    let task = tokio::spawn(connection);
+    (client.ready().await.expect("connection ready"), task)
+}
+
+/// The `n`th of the loopback addresses tests use as other hosts: 127.0.0.2, 127.0.0.3, ...
+pub fn other_host(n: usize) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2 + (n % 250) as u8))
 }
 
 /// An HTTP/2 connection whose client never reads a reply's body: every stream's flow-control
