@@ -61,6 +61,8 @@ pub(super) struct CallsLayer {
     pub tracing: Option<Tracing>,
     /// When replies are compressed (`--compress-replies`).
     pub reply_compression: ReplyCompression,
+    /// `--max-message-bytes`: as much as decompressing one request message may take.
+    pub max_message_bytes: usize,
 }
 
 impl<S> Layer<S> for CallsLayer {
@@ -74,6 +76,7 @@ impl<S> Layer<S> for CallsLayer {
             stall_timeout: self.stall_timeout,
             tracing: self.tracing.clone(),
             reply_compression: self.reply_compression,
+            max_message_bytes: self.max_message_bytes,
             connection: None,
         }
     }
@@ -88,6 +91,7 @@ pub struct Calls<S> {
     stall_timeout: Option<Duration>,
     tracing: Option<Tracing>,
     reply_compression: ReplyCompression,
+    max_message_bytes: usize,
     /// The connection the calls come on: where cancelled calls, buffered bytes and progress are
     /// counted. `None` outside a server (the fuzz targets).
     connection: Option<Arc<ConnectionState>>,
@@ -136,6 +140,15 @@ where
             .get::<ClientGone>()
             .cloned()
             .unwrap_or_default();
+        let compressed = request
+            .headers()
+            .get(GRPC_ENCODING)
+            .is_some_and(|encoding| encoding.as_bytes() != b"identity");
+        let decompression_cost = if compressed {
+            self.max_message_bytes
+        } else {
+            0
+        };
         let request = request.map(|body| {
             RequestBody::new(
                 body,
@@ -144,6 +157,7 @@ where
                 self.connection.clone(),
                 gone.clone(),
                 self.stall_timeout,
+                decompression_cost,
             )
         });
         // Streams may be shed when the server runs short; a unary call is over soon anyway.

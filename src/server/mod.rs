@@ -184,6 +184,7 @@ impl Server {
             stall_timeout: Some(config.stall_timeout),
             tracing: tracing.clone(),
             reply_compression: config.reply_compression,
+            max_message_bytes: config.max_message_bytes,
         };
         let web = web_settings(&config, listeners.local_addrs());
         let fronts = Fronts::new(http_service(routes, calls, &config), &web);

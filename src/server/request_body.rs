@@ -47,6 +47,10 @@ pin_project_lite::pin_project! {
         connection: Option<Arc<ConnectionState>>,
         // Bytes held in the connection's budget.
         held: usize,
+        // What a stream of compressed messages holds besides them, once one has come: tonic's
+        // decoder keeps a buffer as large as the largest message decompressed, which may be
+        // far larger than the bytes that came.
+        decompression_cost: usize,
         // Raised when the client goes; already raised on the gRPC-Web path, where tonic-web
         // hides why the body failed.
         gone: ClientGone,
@@ -97,7 +101,8 @@ impl Stall {
 impl<B> RequestBody<B> {
     /// `inner`, the body of a call that takes `one_request` message or a stream, followed.
     /// `received` counts its messages; `connection` holds its bytes; `gone` is raised if the
-    /// client goes; `stall`, when set, is `--stall-timeout`.
+    /// client goes; `stall`, when set, is `--stall-timeout`; `decompression_cost`, what a stream
+    /// of compressed messages holds besides them (0 when uncompressed).
     pub fn new(
         inner: B,
         one_request: bool,
@@ -105,6 +110,7 @@ impl<B> RequestBody<B> {
         connection: Option<Arc<ConnectionState>>,
         gone: ClientGone,
         stall: Option<Duration>,
+        decompression_cost: usize,
     ) -> Self {
         Self {
             inner,
@@ -114,6 +120,7 @@ impl<B> RequestBody<B> {
             ended: false,
             connection,
             held: 0,
+            decompression_cost: if one_request { 0 } else { decompression_cost },
             gone,
             stall: stall.map(|timeout| Stall {
                 timeout,
@@ -194,7 +201,11 @@ where
                 connection.progressed();
                 let wanted = match *this.one_message {
                     true => this.messages.partial(),
-                    false => this.messages.partial().max(this.messages.largest()),
+                    false if this.messages.begun() > 0 => {
+                        this.messages.partial().max(this.messages.largest())
+                            + *this.decompression_cost
+                    }
+                    false => 0,
                 };
                 if wanted > *this.held {
                     if let Err(status) = connection.buffered.take(wanted - *this.held) {

@@ -8,6 +8,7 @@
 //! a server that does not know one yet ignores it and faces the attack as it is, so the test fails
 //! on what the server does, not on an unknown flag.
 
+mod compressed_streams;
 mod connections;
 mod control_floods;
 mod cpu;
