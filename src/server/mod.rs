@@ -5,19 +5,24 @@
 //! # One call, in order
 //!
 //! 1. `listen.rs`: the accept loop takes the connection, if fewer than `--max-connections` are
-//!    open (otherwise the peer waits in the kernel's backlog).
+//!    open (otherwise the peer waits in the kernel's backlog); `peers.rs` lets it in if its
+//!    client address has not used up its share of connections, and gives it that address's
+//!    byte budget to draw on.
 //! 2. `connection.rs`: the TLS handshake, then the protocol (ALPN, or the first bytes): HTTP/2,
 //!    or HTTP/1.1 (hyper) when gRPC-Web is on; the connection's state (cancelled calls, bytes
 //!    held, progress) and its idle timer.
 //! 3. `http2.rs`: the connection loop runs each new stream's call in the connection's own task
 //!    (no task per stream), drops the call if the client resets the stream, and writes the
-//!    reply within the peer's window.
+//!    reply within the peer's window; `control_frames.rs` counts the frames going through and
+//!    closes a connection that floods control frames.
 //! 4. `front.rs`: refuses a request naming a foreign host on a loopback-only server; sends
 //!    gRPC-Web to `web.rs` (tonic-web, CORS) and GET to the playground, native gRPC onward.
 //! 5. `call.rs`: the call is admitted (gRPC content type, its cost in the budget of
 //!    `budget.rs`), its request body wrapped by `request_body.rs` (framing checked as it
 //!    arrives, bytes held, stalls timed, a client that went away made CANCELLED), and its end
-//!    accounted once: log line, metrics (`metrics.rs`), in-flight count.
+//!    accounted once: log line, metrics (`metrics.rs`), in-flight count. A stream's stake in
+//!    the budgets can be shed when they are full (`budget.rs`); replies are compressed on the
+//!    way out when the call asked for it (`compress.rs`).
 //! 6. `deadline.rs`: the caller's `grpc-timeout`, over the whole call.
 //! 7. `fast_path.rs`: plain unary DoFormat is answered here; everything else goes to tonic's
 //!    router: FormatData behind `auth.rs`'s bearer check, then `crate::service`; health;
