@@ -2,6 +2,9 @@
 //! server can do on the `h2` crate, so formatdata can be measured against HTTP/2's own cost.
 //! It is no gRPC server: it checks neither path nor headers nor framing, and it uppercases only
 //! ASCII. Usage: floor-h2 [ADDR] (default 127.0.0.1:50051).
+//!
+//! With `FLOOR_PRINT_HEADERS=1` it also prints each request's headers as one JSON object per line
+//! on stdout: `bench/capture-headers.sh` points real gRPC clients at it to learn what they send.
 
 use bytes::Bytes;
 use h2::RecvStream;
@@ -20,19 +23,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "127.0.0.1:50051".into());
     let listener = TcpListener::bind(&addr).await?;
     println!("h2 floor listening on {addr}");
+    let print_headers = std::env::var_os("FLOOR_PRINT_HEADERS").is_some();
     loop {
         let (socket, _) = listener.accept().await?;
         // Replies are small single writes; Nagle would hold each back for the peer's ACK.
         socket.set_nodelay(true)?;
         tokio::spawn(async move {
-            if let Err(error) = serve(socket).await {
+            if let Err(error) = serve(socket, print_headers).await {
                 eprintln!("connection: {error}");
             }
         });
     }
 }
 
-async fn serve(socket: TcpStream) -> Result<(), h2::Error> {
+async fn serve(socket: TcpStream, print_headers: bool) -> Result<(), h2::Error> {
     // h2's default settings, but for the stream limit, which is formatdata's.
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(256)
@@ -44,6 +48,9 @@ async fn serve(socket: TcpStream) -> Result<(), h2::Error> {
     };
     while let Some(stream) = connection.accept().await {
         let (request, respond) = stream?;
+        if print_headers {
+            print_request_headers(&request);
+        }
         // A task per stream, as hyper and formatdata do: the connection task keeps driving
         // frames while calls wait on their bodies.
         tokio::spawn(async move {
@@ -53,6 +60,24 @@ async fn serve(socket: TcpStream) -> Result<(), h2::Error> {
         });
     }
     Ok(())
+}
+
+/// One JSON object: the path and every header, in the order sent.
+fn print_request_headers<B>(request: &Request<B>) {
+    let quote = |text: &str| format!("{text:?}");
+    let headers: Vec<String> = request
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            format!("[{}, {}]", quote(name.as_str()), quote(&value))
+        })
+        .collect();
+    println!(
+        "{{\"path\": {}, \"headers\": [{}]}}",
+        quote(request.uri().path()),
+        headers.join(", ")
+    );
 }
 
 async fn answer(
