@@ -8,11 +8,19 @@
 #
 # Usage: bench/callgrind.sh [NAME=SERVER_BINARY ...]   (default: formatdata's release build)
 #        FEW=2000 MANY=22000 bench/callgrind.sh old=/tmp/old/server new=target/release/server
+#        HEADERS=grpcio bench/callgrind.sh   (a real client's headers, from bench/headers/)
 # Needs: valgrind, h2load (Debian: valgrind, nghttp2-client), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FEW=${FEW:-2000} MANY=${MANY:-22000}
+FEW=${FEW:-2000} MANY=${MANY:-22000} HEADERS=${HEADERS:-}
+headers=(-H 'content-type: application/grpc' -H 'te: trailers')
+if [ -n "$HEADERS" ]; then
+  headers=()
+  while IFS= read -r line; do
+    [[ -z $line || $line == \#* ]] || headers+=(-H "$line")
+  done < "bench/headers/$HEADERS.txt"
+fi
 for tool in valgrind h2load python3; do
   command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool not found" >&2; exit 1; }
 done
@@ -39,7 +47,7 @@ instructions() {
     (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     sleep 0.1
   done
-  h2load -n "$2" -c 16 -m 64 -H 'content-type: application/grpc' -H 'te: trailers' \
+  h2load -n "$2" -c 16 -m 64 "${headers[@]}" \
     -d "$work/request.bin" "http://127.0.0.1:$port/example.FormatData/DoFormat" |
     awk -v want="$2" '/^requests:/ && $8 != want { print "h2load: " $0 > "/dev/stderr"; exit 1 }'
   kill -TERM "$pid"

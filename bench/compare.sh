@@ -20,14 +20,18 @@
 #      (median p50 and p99 of ROUNDS runs), STREAMS calls in flight at most over CONNECTIONS
 #      connections (open loop: calls start on schedule, and a late one counts from when it was
 #      due). A server whose peak is below that rate is not run: its queue would only grow.
+# Then, for formatdata and the tuned tonic, what real clients send: the same throughput and 1x1
+# runs with the request headers of grpcio, grpc-js and grpc-go (HEADER_SETS, captured from the
+# real clients by bench/capture-headers.sh into bench/headers/), and a fixed-rate latency run
+# driven by grpcio itself (bench/fixed_rate.py, PY_RATE calls a second, median of ROUNDS).
 # Then the same throughput run for TWO_CPU_SERVERS given 2 CPUs (the load generator shares them).
-# Last, formatdata's ratio to each server and issue 13's goals beside the figures.
+# Last, formatdata's ratio to each server and the goals beside the figures.
 #
 # Usage: bench/compare.sh [--smoke]     (--smoke: 2-second runs, for CI; figures meaningless)
 # Settings (environment): SERVERS="formatdata tonic-tuned h2-floor" to run only some (the
 #   fixed rate then comes from the tuned tonic if it runs, else from the first server; RATE=N
 #   sets it); DURATION, WARMUP, LATENCY_DURATION, ROUNDS, CONNECTIONS, STREAMS, SERVER_CPUS,
-#   LOAD_CPUS, TWO_CPUS, TWO_CPU_SERVERS.
+#   LOAD_CPUS, TWO_CPUS, TWO_CPU_SERVERS, HEADER_SETS ("" for none), PY_RATE.
 # Needs: h2load (Debian: nghttp2-client), taskset, python3. Builds what it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +41,7 @@ CONNECTIONS=${CONNECTIONS:-16} STREAMS=${STREAMS:-64}
 SERVER_CPUS=${SERVER_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-1} TWO_CPUS=${TWO_CPUS:-0,1}
 SERVERS=${SERVERS:-formatdata formatdata+metrics formatdata+tracing tonic-tuned h2-floor tonic python}
 TWO_CPU_SERVERS=${TWO_CPU_SERVERS:-tonic formatdata}
+HEADER_SETS=${HEADER_SETS-grpcio grpc-js grpc-go} PY_RATE=${PY_RATE:-1000}
 if [ "${1:-}" = "--smoke" ]; then
   DURATION=2 WARMUP=1 LATENCY_DURATION=1 ROUNDS=1
 fi
@@ -75,14 +80,24 @@ build cargo build --release --quiet --bins
 if running tonic; then build cargo build --release --quiet --manifest-path bench/baseline-tonic/Cargo.toml; fi
 if running tonic-tuned; then build cargo build --release --quiet --manifest-path bench/baseline-tonic-tuned/Cargo.toml; fi
 if running h2-floor || running formatdata+tracing; then build cargo build --release --quiet --manifest-path bench/floor-h2/Cargo.toml; fi
-if running python; then
-  # The virtual environment the interop tests set up (tests/support/src/env.rs), made here if the
-  # tests have not run yet.
-  python=target/test-env/python/bin/python
+# The real-client rows compare formatdata with the tuned tonic.
+real_clients() { running formatdata && running tonic-tuned; }
+# The virtual environment the interop tests set up (tests/support/src/env.rs), made here if the
+# tests have not run yet: for the Python server, and for grpcio driving the fixed-rate row.
+python=target/test-env/python/bin/python
+if running python || real_clients; then
   [ -x "$python" ] || python3 -m venv target/test-env/python
   "$python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
   "$python" -m grpc_tools.protoc -Iproto --python_out="$work" --grpc_python_out="$work" data.proto
 fi
+# Each header set as h2load arguments: -H 'name: value' for every line of bench/headers/SET.txt.
+declare -A header_args
+for set in $HEADER_SETS; do
+  [ -f "bench/headers/$set.txt" ] || { echo "compare.sh: no bench/headers/$set.txt (bench/capture-headers.sh makes it)" >&2; exit 1; }
+  header_args[$set]=$(python3 -c '
+import shlex, sys
+print(" ".join("-H " + shlex.quote(line.strip()) for line in open(sys.argv[1]) if line.strip() and not line.startswith("#")))' "bench/headers/$set.txt")
+done
 client=target/release/client
 
 # The request h2load sends: one gRPC frame holding example.Data{text: "hello,world!"}.
@@ -142,11 +157,14 @@ stop() { kill -TERM "$server_pid"; wait "$server_pid" 2>/dev/null || true; serve
 cpu_seconds() { awk -v tck="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / tck }' "/proc/$server_pid/stat"; }
 rss_mib() { awk -v key="$1:" '$1 == key { printf "%.1f", $2 / 1024 }' "/proc/$server_pid/status"; }
 
-# h2load CONNECTIONS STREAMS SECONDS CPUS: prints "req/s mean_latency_us succeeded failed".
-# h2load counts a call as failed on a non-2xx status or a stream or connection error; it does
-# not read grpc-status, which start's check and the fixed-rate run do.
+# h2load CONNECTIONS STREAMS SECONDS CPUS [HEADER_SET]: prints "req/s mean_latency_us succeeded
+# failed". Without a header set, h2load's bare request (content-type and te); with one, that
+# client's headers. h2load counts a call as failed on a non-2xx status or a stream or connection
+# error; it does not read grpc-status, which start's check and the fixed-rate runs do.
 h2() {
-  taskset -c "$4" h2load -c "$1" -m "$2" -D "$3" -H 'content-type: application/grpc' -H 'te: trailers' \
+  local headers="-H 'content-type: application/grpc' -H 'te: trailers'"
+  [ -n "${5:-}" ] && headers=${header_args[$5]}
+  eval "taskset -c \"\$4\" h2load -c \"\$1\" -m \"\$2\" -D \"\$3\" $headers" \
     -d "$work/request.bin" "http://127.0.0.1:$port/example.FormatData/DoFormat" 2>&1 | awk '
       function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1000000 }
       /^finished in/ { rps = $4 }
@@ -155,7 +173,7 @@ h2() {
       END { printf "%s %.0f %s %s\n", rps, mean, ok, failed }'
 }
 
-declare -A rps mean cpu idle peak failed p50 p99 rps2 cores2 rounds_rps rounds_cpu
+declare -A rps mean cpu idle peak failed p50 p99 rps2 cores2 rounds_rps rounds_cpu set_rps set_mean py_p50 py_p99
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
 max() { python3 -c 'import sys; print(max(float(v) for v in sys.argv[1:]))' "$@"; }
 
@@ -172,10 +190,23 @@ for round in $(seq "$ROUNDS"); do
     after=$(cpu_seconds)
     rounds_rps[$name]+=" $r"
     rounds_cpu[$name]+=" $(python3 -c "print(($after - $before) / max(int('${done:-0}'), 1) * 100000)")"
-    peak[$name]=$(max "${peak[$name]:-0}" "$(rss_mib VmHWM)")
     failed[$name]=$((${failed[$name]:-0} + ${fails:-0}))
+    # What real clients send, on the same server process.
+    if real_clients && [[ $name == formatdata || $name == tonic-tuned ]]; then
+      for set in $HEADER_SETS; do
+        read -r r _ _ fails <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS" "$set")"
+        rounds_rps[$name/$set]+=" $r"
+        failed[$name]=$((${failed[$name]} + ${fails:-0}))
+      done
+    fi
+    peak[$name]=$(max "${peak[$name]:-0}" "$(rss_mib VmHWM)")
     stop
   done
+done
+for key in "${!rounds_rps[@]}"; do
+  [[ $key == */* ]] || continue
+  # shellcheck disable=SC2086
+  set_rps[$key]=$(median ${rounds_rps[$key]})
 done
 for name in "${servers[@]}"; do
   # shellcheck disable=SC2086 # word splitting of the per-round lists is intended
@@ -220,6 +251,23 @@ PY
   else
     p50[$name]=sat. p99[$name]=sat.
   fi
+  if real_clients && [[ $name == formatdata || $name == tonic-tuned ]]; then
+    for set in $HEADER_SETS; do
+      read -r _ set_mean[$name/$set] _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS" "$set")"
+    done
+    for round in $(seq "$ROUNDS"); do
+      taskset -c "$LOAD_CPUS" "$python" bench/fixed_rate.py "127.0.0.1:$port" "$PY_RATE" "$DURATION" > "$work/py-$round.json"
+    done
+    read -r py_p50[$name] py_p99[$name] errors <<<"$(python3 - "$work"/py-*.json <<'PY'
+import json, statistics, sys
+runs = [json.load(open(path)) for path in sys.argv[1:]]
+print(statistics.median_low(run["p50_us"] for run in runs),
+      statistics.median_low(run["p99_us"] for run in runs), sum(run["errors"] for run in runs))
+PY
+)"
+    rm -f "$work"/py-*.json
+    failed[$name]=$((${failed[$name]} + errors))
+  fi
   if [ "$name" = formatdata ]; then
     # The load generator's own efficiency: client bench with h2load's connections and calls
     # in flight (CONNECTIONS x STREAMS), on the same single CPU, against the same server.
@@ -261,6 +309,18 @@ echo "(vs fd: formatdata's req/s divided by this server's; latencies in microsec
 echo " below the fixed rate, not run; peak: VmHWM, highest of the throughput rounds; failed: calls"
 echo " h2load saw fail in the measured throughput runs plus errors at the fixed rate; 2CPU: the"
 echo " server given CPUs $TWO_CPUS with h2load sharing them, and how many CPUs' worth it kept busy)"
+if real_clients && [ -n "$HEADER_SETS" ]; then
+  echo
+  echo "what real clients send (bench/headers/, captured by bench/capture-headers.sh), same h2load runs:"
+  printf '%-10s %-12s %9s %9s %12s\n' headers server "req/s" "vs tuned" "mean(1x1)us"
+  for set in $HEADER_SETS; do
+    for name in formatdata tonic-tuned; do
+      printf '%-10s %-12s %9.0f %9s %12s\n' "$set" "$name" "${set_rps[$name/$set]}" \
+        "$(ratio "${set_rps[$name/$set]}" "${set_rps[tonic-tuned/$set]}")" "${set_mean[$name/$set]}"
+    done
+  done
+  echo "grpcio at a fixed rate ($PY_RATE/s, bench/fixed_rate.py, median of $ROUNDS): formatdata p50 ${py_p50[formatdata]} us p99 ${py_p99[formatdata]} us; tuned tonic p50 ${py_p50[tonic-tuned]} us p99 ${py_p99[tonic-tuned]} us"
+fi
 
 # Issue 13's goals, from this run's figures. Noisy machine: compare ratios over several runs.
 if running formatdata; then
@@ -278,6 +338,17 @@ print(line)
 PY
   }
   goal tonic-tuned "tuned tonic" 1.4
+  if real_clients; then
+    for set in $HEADER_SETS; do
+      python3 - "${set_rps[formatdata/$set]}" "${set_rps[tonic-tuned/$set]}" "${set_mean[formatdata/$set]}" "${set_mean[tonic-tuned/$set]}" "$set" <<'PY'
+import sys
+fd, tuned, fd_mean, tuned_mean = map(float, sys.argv[1:5])
+r = fd / tuned if tuned else 0
+print(f"formatdata vs tuned tonic, {sys.argv[5]}'s headers: {r:.2f}x (goal >= 1.4x: {'met' if r >= 1.4 else 'NOT met'});"
+      f" 1x1 mean {fd_mean:.0f} vs {tuned_mean:.0f} us (goal: no worse: {'met' if fd_mean <= tuned_mean else 'NOT met'})")
+PY
+    done
+  fi
   goal h2-floor "h2 floor" 0.75
   goal tonic "stock tonic" ""
   goal python "python grpcio" ""
@@ -296,6 +367,7 @@ print(f"formatdata+tracing (1% sampled) vs formatdata: {t / fd:.2f}x (cost {100 
 PY
   fi
   python3 -c "p = float('${peak[formatdata]}'); print(f'formatdata peak RSS: {p} MiB (goal <= 12 MiB: ' + ('met' if p <= 12 else 'NOT met') + ')')"
+  python3 -c "m = float('${mean[formatdata]}'); t = float('${mean[tonic-tuned]:-0}') or float('inf'); print(f'1x1 mean, h2load: formatdata {m:.0f} us, tuned tonic {t:.0f} us (goal: no worse: ' + ('met' if m <= t else 'NOT met') + ')')"
   if running tonic-tuned; then
     python3 - "${p99[formatdata]}" "${p99[tonic-tuned]}" "$rate" <<'PY'
 import sys
