@@ -84,11 +84,18 @@ pub enum ReplyCompression {
     Always,
 }
 
-/// The encoding of the reply to a request with `headers`, under `policy`; `None`: uncompressed.
-pub(crate) fn reply_encoding(headers: &HeaderMap, policy: ReplyCompression) -> Option<Encoding> {
-    let header = |name| headers.get(name).and_then(|value| value.to_str().ok());
+/// The encoding of the reply to a request with `headers` whose `grpc-encoding` is
+/// `request_encoding`, under `policy`; `None`: uncompressed. The caller looks the request's
+/// encoding up once, for this and for what decompressing it holds.
+pub(crate) fn reply_encoding(
+    headers: &HeaderMap,
+    request_encoding: Option<&http::HeaderValue>,
+    policy: ReplyCompression,
+) -> Option<Encoding> {
     let accepted = || {
-        header(GRPC_ACCEPT_ENCODING)
+        headers
+            .get(GRPC_ACCEPT_ENCODING)
+            .and_then(|value| value.to_str().ok())
             .into_iter()
             .flat_map(|list| list.split(','))
             .filter_map(Encoding::from_name)
@@ -96,7 +103,7 @@ pub(crate) fn reply_encoding(headers: &HeaderMap, policy: ReplyCompression) -> O
     match policy {
         ReplyCompression::Never => None,
         ReplyCompression::IfRequestCompressed => {
-            let sent = header(GRPC_ENCODING).and_then(Encoding::from_name)?;
+            let sent = Encoding::from_name(request_encoding?.to_str().ok()?)?;
             accepted().any(|encoding| encoding == sent).then_some(sent)
         }
         ReplyCompression::Always => {
@@ -131,9 +138,9 @@ mod tests {
     fn grpcio_s_accept_list_alone_asks_for_nothing_by_default() {
         let grpcio = headers(&[("grpc-accept-encoding", "identity,deflate,gzip")]);
         let policy = ReplyCompression::default();
-        assert_eq!(reply_encoding(&grpcio, policy), None);
+        assert_eq!(reply_encoding(&grpcio, None, policy), None);
         assert_eq!(
-            reply_encoding(&grpcio, ReplyCompression::Always),
+            reply_encoding(&grpcio, None, ReplyCompression::Always),
             Some(Encoding::Gzip)
         );
     }
@@ -145,10 +152,19 @@ mod tests {
             ("grpc-encoding", "zstd"),
             ("grpc-accept-encoding", "gzip, zstd"),
         ]);
-        assert_eq!(reply_encoding(&zstd, policy), Some(Encoding::Zstd));
+        let encoding = |headers: &HeaderMap| headers.get(GRPC_ENCODING).cloned();
+        assert_eq!(
+            reply_encoding(&zstd, encoding(&zstd).as_ref(), policy),
+            Some(Encoding::Zstd)
+        );
         let not_accepted = headers(&[("grpc-encoding", "zstd"), ("grpc-accept-encoding", "gzip")]);
-        assert_eq!(reply_encoding(&not_accepted, policy), None);
-        assert_eq!(reply_encoding(&zstd, ReplyCompression::Never), None);
+        let sent = encoding(&not_accepted);
+        assert_eq!(reply_encoding(&not_accepted, sent.as_ref(), policy), None);
+        let sent = encoding(&zstd);
+        assert_eq!(
+            reply_encoding(&zstd, sent.as_ref(), ReplyCompression::Never),
+            None
+        );
     }
 
     #[test]

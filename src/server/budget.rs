@@ -25,6 +25,10 @@ pub(super) fn call_cost(one_request: bool) -> usize {
     }
 }
 
+/// A unary reply this small is covered by the call's own cost ([`call_cost`]), which counts
+/// what h2 holds of a small reply for a peer that does not read: it is not held again.
+pub(super) const SMALL_UNARY_REPLY: usize = 1024;
+
 /// Bytes that calls in progress may hold: request messages not yet complete (for streaming
 /// calls, the largest one seen, which tonic's decoder keeps as buffer capacity), replies not
 /// yet handed to the connection, and each call's own cost ([`call_cost`]). One per connection,

@@ -131,7 +131,13 @@ where
         // Unknown methods are refused by the router, with one request or many.
         let one_request = method.is_some_and(|method| method.kind.one_request());
         let one_reply = method.is_some_and(|method| method.kind.one_reply());
-        let encoding = compression::reply_encoding(request.headers(), self.reply_compression);
+        let request_encoding = request.headers().get(GRPC_ENCODING);
+        let compressed = request_encoding.is_some_and(|encoding| encoding != "identity");
+        let encoding = compression::reply_encoding(
+            request.headers(),
+            request_encoding,
+            self.reply_compression,
+        );
         // Shared by the request body, which sees the client go, and the call's log, which must
         // say so whatever status the handler made of it (tonic takes a cancelled request body
         // for a missing message).
@@ -140,10 +146,6 @@ where
             .get::<ClientGone>()
             .cloned()
             .unwrap_or_default();
-        let compressed = request
-            .headers()
-            .get(GRPC_ENCODING)
-            .is_some_and(|encoding| encoding.as_bytes() != b"identity");
         let decompression_cost = if compressed {
             self.max_message_bytes
         } else {
@@ -384,6 +386,10 @@ impl CallLog {
     /// that does not read its replies must not make the server keep them without limit.
     fn hold_reply(&mut self, bytes: usize) -> Result<(), Status> {
         self.release_reply();
+        if self.claim.is_none() && bytes <= budget::SMALL_UNARY_REPLY {
+            // Within the unary call's own cost, already held.
+            return Ok(());
+        }
         if let Some(connection) = &self.connection {
             connection.progressed();
             connection.buffered.take(bytes)?;

@@ -88,41 +88,48 @@ impl ConnectionSettings {
             _slot: slot,
         });
         let deadline = Instant::now() + self.handshake_timeout;
+        // Each protocol's future is boxed where it starts: inline, this task's future would be
+        // as large as the largest of them all (TLS and HTTP/1.1 included, 35 KB), on every
+        // connection, whatever it speaks. Boxed, an HTTP/2 connection holds only HTTP/2's.
         let result = match &self.tls {
-            None => {
-                self.serve_plain(stream, &fronts, &state, &mut drain, deadline)
-                    .await
-            }
+            None => Box::pin(self.serve_plain(stream, &fronts, &state, &mut drain, deadline)).await,
             Some(acceptor) => {
-                match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-                        match alpn.as_deref() {
-                            Some(b"h2") => {
-                                self.serve_http2(stream, &fronts, &state, &mut drain, deadline)
-                                    .await
-                            }
-                            Some(b"http/1.1") if self.http1 => {
-                                self.serve_http1(stream, &fronts, &state, &mut drain).await
-                            }
-                            _ => {
-                                self.serve_plain(stream, &fronts, &state, &mut drain, deadline)
-                                    .await
-                            }
-                        }
-                    }
-                    Ok(Err(error)) => {
-                        // rustls's reasons can quote what the peer sent (a server name, say).
-                        let error = error.to_string();
-                        warn!(?peer, "TLS handshake failed: {}", untrusted(&error));
-                        return;
-                    }
-                    Err(_) => Err(Ended::NoHandshake),
-                }
+                Box::pin(self.serve_tls(acceptor, stream, &fronts, &state, &mut drain, deadline))
+                    .await
             }
         };
         if let Err(ended) = result {
             ended.log(peer, self.handshake_timeout);
+        }
+    }
+
+    /// A TLS connection: the handshake, then the protocol ALPN named (or, without one, its
+    /// first bytes).
+    async fn serve_tls(
+        &self,
+        acceptor: &TlsAcceptor,
+        stream: TcpStream,
+        fronts: &Fronts,
+        state: &Arc<ConnectionState>,
+        drain: &mut watch::Receiver<()>,
+        deadline: Instant,
+    ) -> Result<(), Ended> {
+        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                // rustls's reasons can quote what the peer sent (a server name, say).
+                let error = error.to_string();
+                warn!(peer = ?state.peer, "TLS handshake failed: {}", untrusted(&error));
+                return Ok(());
+            }
+            Err(_) => return Err(Ended::NoHandshake),
+        };
+        match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Box::pin(self.serve_http2(stream, fronts, state, drain, deadline)).await,
+            Some(b"http/1.1") if self.http1 => {
+                Box::pin(self.serve_http1(stream, fronts, state, drain)).await
+            }
+            _ => Box::pin(self.serve_plain(stream, fronts, state, drain, deadline)).await,
         }
     }
 
@@ -141,7 +148,7 @@ impl ConnectionSettings {
     {
         if !self.http1 {
             // HTTP/2 only: h2 answers anything else with its SETTINGS and a GOAWAY.
-            return self.serve_http2(io, fronts, state, drain, deadline).await;
+            return Box::pin(self.serve_http2(io, fronts, state, drain, deadline)).await;
         }
         let (head, is_http2) = tokio::time::timeout_at(deadline, sniff(&mut io))
             .await
@@ -149,9 +156,9 @@ impl ConnectionSettings {
             .map_err(Ended::Io)?;
         let io = Rewind::new(head, io);
         if is_http2 {
-            self.serve_http2(io, fronts, state, drain, deadline).await
+            Box::pin(self.serve_http2(io, fronts, state, drain, deadline)).await
         } else {
-            self.serve_http1(io, fronts, state, drain).await
+            Box::pin(self.serve_http1(io, fronts, state, drain)).await
         }
     }
 

@@ -115,22 +115,30 @@ impl FrameScanner {
     /// Counts the frames that begin in `bytes`: (control frames, call frames).
     fn feed(&mut self, mut bytes: &[u8]) -> (u32, u32) {
         let (mut control, mut calls) = (0, 0);
-        while !bytes.is_empty() {
-            if self.skip > 0 {
-                let skipped = self.skip.min(bytes.len());
-                self.skip -= skipped;
-                bytes = &bytes[skipped..];
-                continue;
+        loop {
+            if self.skip >= bytes.len() {
+                self.skip -= bytes.len();
+                return (control, calls);
             }
-            let taken = (9 - self.have).min(bytes.len());
-            self.header[self.have..self.have + taken].copy_from_slice(&bytes[..taken]);
-            self.have += taken;
-            bytes = &bytes[taken..];
-            if self.have < 9 {
-                break;
-            }
-            self.have = 0;
-            let [l0, l1, l2, kind, flags, ..] = self.header;
+            bytes = &bytes[self.skip..];
+            self.skip = 0;
+            // Usually a frame's header is whole in the bytes read: read it where it is.
+            let header = if self.have == 0 && bytes.len() >= 9 {
+                let header: [u8; 9] = bytes[..9].try_into().expect("nine bytes");
+                bytes = &bytes[9..];
+                header
+            } else {
+                let taken = (9 - self.have).min(bytes.len());
+                self.header[self.have..self.have + taken].copy_from_slice(&bytes[..taken]);
+                self.have += taken;
+                bytes = &bytes[taken..];
+                if self.have < 9 {
+                    return (control, calls);
+                }
+                self.have = 0;
+                self.header
+            };
+            let [l0, l1, l2, kind, flags, ..] = header;
             let length = u32::from_be_bytes([0, l0, l1, l2]) as usize;
             self.skip = length;
             match kind {
@@ -141,7 +149,6 @@ impl FrameScanner {
                 _ => {}
             }
         }
-        (control, calls)
     }
 }
 

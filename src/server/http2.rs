@@ -154,7 +154,7 @@ where
                                 recv,
                                 data_done: false,
                             });
-                            streams.push(serve_stream(service.call(request), respond));
+                            streams.push(Box::pin(serve_stream(service.call(request), respond)));
                             moved = true;
                         }
                         Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
@@ -337,9 +337,9 @@ where
 }
 
 /// Replies of at most this many bytes are handed to h2 whole, without waiting for window: a
-/// unary call's cost (see `budget::call_cost`) covers what h2 then holds for a peer that does
-/// not read, and the hot path saves a round of capacity bookkeeping.
-const SMALL_DATA: usize = 1024;
+/// unary call's cost covers what h2 then holds for a peer that does not read, and the hot path
+/// saves a round of capacity bookkeeping.
+const SMALL_DATA: usize = crate::server::budget::SMALL_UNARY_REPLY;
 
 /// Writes `body` to the stream, each data frame in pieces the peer's window has room for, so h2
 /// buffers no more than the peer asked for; ends with the trailers, or with an empty frame
