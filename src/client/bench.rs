@@ -51,11 +51,22 @@ pub struct Report {
     pub elapsed: Duration,
     /// Latency of successful calls, in microseconds.
     pub latency: Histogram<u64>,
+    /// How busy this process kept the CPUs it may use, from 0 to 1, over the run.
+    pub client_cpu: f64,
 }
+
+/// Above this share of its CPUs busy, the client, not the server, set the pace.
+const CLIENT_BOUND: f64 = 0.9;
 
 impl Report {
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Whether the client itself was the bottleneck: the rate is then the client's, and the
+    /// server may be faster.
+    pub fn client_bound(&self) -> bool {
+        self.client_cpu >= CLIENT_BOUND
     }
 
     /// The report as `client bench --json` prints it.
@@ -66,6 +77,8 @@ impl Report {
             "retries": self.retries,
             "errors": self.errors,
             "rps": self.rps(),
+            "client_cpu": self.client_cpu,
+            "client_bound": self.client_bound(),
             "latency_us": {
                 "min": latency.min(),
                 "p50": latency.value_at_quantile(0.5),
@@ -90,6 +103,13 @@ impl Report {
         );
         for (code, count) in &self.errors {
             text.push_str(&format!("  {code:<18} {count}\n"));
+        }
+        if self.client_bound() {
+            text.push_str(&format!(
+                "client-bound: this client kept {:.0}% of its CPUs busy, so the rate is its own; \
+                 the server may be faster (give the client more CPUs, or run several)\n",
+                self.client_cpu * 100.0
+            ));
         }
         text.push_str(&format!(
             "latency (us) min {}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}\n",
@@ -249,6 +269,7 @@ pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, C
     let duration = bench
         .duration
         .or(bench.requests.is_none().then_some(DEFAULT_DURATION));
+    let cpu_before = process_cpu_time();
     let started = Instant::now();
     let plan = Arc::new(Plan {
         started,
@@ -299,6 +320,7 @@ pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, C
         errors: BTreeMap::new(),
         elapsed: Duration::ZERO,
         latency: Tally::new().latency,
+        client_cpu: 0.0,
     };
     for worker in workers {
         let tally = worker.await.expect("bench workers do not panic");
@@ -309,11 +331,25 @@ pub async fn run(client: &ClientConfig, bench: &BenchConfig) -> Result<Report, C
         report.latency.add(&tally.latency).expect("same bounds");
     }
     report.elapsed = started.elapsed();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    report.client_cpu = (process_cpu_time() - cpu_before).as_secs_f64()
+        / (report.elapsed.as_secs_f64() * cpus).max(f64::EPSILON);
     // Clones share one count: the first of each connection's clients has them all.
     report.retries = connections.iter().map(Client::retried).sum();
     progress.abort();
     tracing.shutdown().await;
     Ok(report)
+}
+
+/// CPU time this process has used, user and system.
+fn process_cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |usage| {
+        let time = |t: nix::sys::time::TimeVal| {
+            Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+        };
+        time(usage.user_time()) + time(usage.system_time())
+    })
 }
 
 async fn unary_worker(client: Client, share: Share, text: String, expected: Arc<str>) -> Tally {

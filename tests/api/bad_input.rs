@@ -273,22 +273,3 @@ async fn a_bad_compression_flag_is_invalid_argument_whatever_length_follows() {
     }
     assert_still_serving(&app).await;
 }
-
-#[tokio::test]
-async fn metadata_over_16_kib_is_resource_exhausted_with_a_message() {
-    let app = spawn_app().await;
-    let big = "a".repeat(20_000);
-    let reply = raw::call(
-        app.addr,
-        DO_FORMAT,
-        &[("x-big", &big)],
-        frame(false, &data_message(b"abc")),
-    )
-    .await;
-
-    // A gRPC status clients show, not HTTP 431 (which grpcio and grpc-js call UNKNOWN).
-    assert_eq!(reply.http_status, 200);
-    assert_eq!(reply.code(), Code::ResourceExhausted, "{}", reply.message());
-    assert!(reply.message().contains("metadata"), "{}", reply.message());
-    assert_still_serving(&app).await;
-}

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::assert_serves_normally;
+use formatdata_test_support::env;
 use formatdata_test_support::process::ServerProcess;
 use formatdata_test_support::raw;
 
@@ -121,4 +122,25 @@ async fn pings_in_proportion_to_calls_are_left_alone() {
         !connection.is_finished(),
         "the connection was closed: {connection:?}"
     );
+}
+
+/// grpc-js with its most eager keepalive (a ping a second, between calls too) is never cut off.
+#[test]
+fn grpc_js_with_a_one_second_keepalive_keeps_its_connection() {
+    let Some(node) = env::node() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    let output = std::process::Command::new(&node.program)
+        .arg(node.dir.join("grpc_js_keepalive.mjs"))
+        .args([&server.addr(), "5"])
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["ok"], 51, "{report}");
 }

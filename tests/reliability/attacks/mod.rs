@@ -16,6 +16,7 @@ mod http1_heads;
 mod idle_streams;
 mod log_forging;
 mod memory;
+mod metadata;
 mod metrics_port;
 mod rapid_reset;
 mod rebinding;
