@@ -59,7 +59,7 @@ fn release_freed_memory() {
 }
 
 /// How long the server waits after its last connection closed before [`sweep_workers`]: the
-/// connections' own tasks (one per HTTP/2 stream) finish and free their memory meanwhile.
+/// connections' tasks (each polls its own calls) finish and free their memory meanwhile.
 const SWEEP_DELAY: Duration = Duration::from_millis(200);
 
 /// Has every runtime thread park once more, and so return its freed memory (see

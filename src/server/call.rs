@@ -357,8 +357,8 @@ impl CallLog {
     }
 
     /// Holds what the call costs besides its messages in the connection's budget (see
-    /// [`limits::call_cost`]), so the budgets bound thousands of quiet calls as they bound a few
-    /// large ones.
+    /// [`budget::call_cost`]), so the budgets bound thousands of quiet calls as they bound a few
+    /// large ones. A stream's cost is held through its claim, which shedding can take back.
     fn charge(&mut self, one_message: bool) -> Result<(), Status> {
         let cost = budget::call_cost(one_message);
         match (&self.claim, &self.connection) {
