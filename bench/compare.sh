@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of FormatData servers, in one run on one machine (issue 13's yardstick):
+# Side-by-side benchmark of FormatData servers, in one run on one machine:
 #   formatdata          this crate, release build, default flags
 #   formatdata+metrics  the same with --metrics-addr 127.0.0.1:0 (the Prometheus endpoint on)
 #   formatdata+tracing  the same with OpenTelemetry on, 1% of calls sampled
@@ -322,7 +322,7 @@ if real_clients && [ -n "$HEADER_SETS" ]; then
   echo "grpcio at a fixed rate ($PY_RATE/s, bench/fixed_rate.py, median of $ROUNDS): formatdata p50 ${py_p50[formatdata]} us p99 ${py_p99[formatdata]} us; tuned tonic p50 ${py_p50[tonic-tuned]} us p99 ${py_p99[tonic-tuned]} us"
 fi
 
-# Issue 13's goals, from this run's figures. Noisy machine: compare ratios over several runs.
+# The goals, from this run's figures. Noisy machine: compare ratios over several runs.
 if running formatdata; then
   echo
   goal() { # NAME LABEL GOAL: formatdata's ratio to NAME, and its goal if any

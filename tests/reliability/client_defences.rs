@@ -172,7 +172,7 @@ fn client(args: &[&str]) -> Command {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Issue 10, item 8: the auth token.
+// The auth token.
 
 /// Values of FORMATDATA_AUTH_TOKEN that must stop either binary at startup, each with what it
 /// is. The ones that contain the token must not have it echoed.
@@ -294,7 +294,7 @@ async fn call_with_authorization(addr: SocketAddr, authorization: String) -> raw
 }
 
 // ---------------------------------------------------------------------------------------------
-// Issue 10, item 9: the client against servers that misbehave.
+// The client against servers that misbehave.
 
 /// How [`misbehaving_server`] answers every call.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,5 @@
-//! bench/baseline-tonic's stock tonic FormatData server, tuned as issue 13 describes: the same
-//! code, plus mimalloc, a current-thread runtime, and the release profile in Cargo.toml.
+//! bench/baseline-tonic's stock tonic FormatData server, tuned as a user would in ten minutes:
+//! the same code, plus mimalloc, a current-thread runtime, and the release profile in Cargo.toml.
 //! Usage: baseline-tonic-tuned [ADDR] (default 127.0.0.1:50051).
 
 use tonic::{Request, Response, Status, Streaming, transport::Server};

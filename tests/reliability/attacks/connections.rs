@@ -1,4 +1,4 @@
-//! Item 4: connections are capped below what the descriptor limit allows, and running out of
+//! Connections are capped below what the descriptor limit allows, and running out of
 //! descriptors does not make the accept loop spin. With the limit lowered to 64, 70 stalled
 //! HTTP/1.1 peers made accept() fail with EMFILE and the server logged `Too many open files` ten
 //! times a second for as long as they stayed.

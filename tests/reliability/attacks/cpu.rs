@@ -1,4 +1,4 @@
-//! Item 1: a request's cost must be linear in its bytes, whatever the size of the frames or chunks
+//! A request's cost must be linear in its bytes, whatever the size of the frames or chunks
 //! it comes in. A fast path that rebuilt its buffer on every DATA frame spent about 10 s of CPU
 //! on a 4 MB request sent in 64-byte frames (tonic's path: 0.3 s), and gRPC-Web over HTTP/1.1 in
 //! 16-byte chunks did the same: any client could keep a core busy with a few requests.

@@ -1,4 +1,4 @@
-//! Item 5: the bytes of unfinished request messages are bounded, per connection and in all. 48
+//! The bytes of unfinished request messages are bounded, per connection and in all. 48
 //! streams on one connection, each sending all but the last byte of a message that declares the
 //! largest allowed size and then stalling, took server RSS from 13 to about 210 MiB and kept it
 //! there (256 streams: about 1 GiB per connection).

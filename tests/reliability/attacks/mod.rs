@@ -1,7 +1,7 @@
-//! Issue 10, server side: each defence tried as an attacker would, against the real binary over
+//! The server's defences, each tried as an attacker would, against the real binary over
 //! loopback with a raw HTTP/2 client or plain sockets, bounded in count and time. Each test
 //! asserts that the defence fires, that the server's time, CPU and memory stay bounded, and that
-//! it still serves a normal call afterwards. One module per item of the issue.
+//! it still serves a normal call afterwards. One module per kind of attack.
 //!
 //! The flags these defences bring (`--stall-timeout`, `--idle-timeout`, `--max-connections`, ...)
 //! are given through their `FORMATDATA_*` variables, which the server reads as it reads the flags:

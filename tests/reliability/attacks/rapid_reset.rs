@@ -1,4 +1,4 @@
-//! Item 2: calls a client resets or abandons are CANCELLED, and a flood of them ends the
+//! Calls a client resets or abandons are CANCELLED, and a flood of them ends the
 //! connection. A reset that reached a handler waiting for the body looked like a body error or its
 //! end, so the call counted as finished (tonic's path: INVALID_ARGUMENT "Missing request message",
 //! a vanished client: UNKNOWN), and the budget of cancelled calls, which counts only cancelled

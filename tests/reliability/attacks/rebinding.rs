@@ -1,4 +1,4 @@
-//! Item 7: a server listening on loopback only refuses every request that names another host,
+//! A server listening on loopback only refuses every request that names another host,
 //! whatever its protocol and content type. A page whose own name was pointed at 127.0.0.1 ("DNS
 //! rebinding") is same-origin with itself, so CORS does not stop it; the Host check covered only
 //! gRPC-Web and the page, and native gRPC over HTTP/1.1 with `Host: evil.example` got HTTP 200

@@ -1,4 +1,4 @@
-//! Item 10: `--max-message-bytes` bounds the uncompressed reply on every path. With a limit of
+//! `--max-message-bytes` bounds the uncompressed reply on every path. With a limit of
 //! 100, a reply of 122 bytes was RESOURCE_EXHAUSTED on the fast path but OK on tonic's path when
 //! the client accepted zstd: tonic checked the compressed size, so the limit depended on how well
 //! the text compressed.

@@ -1,4 +1,4 @@
-//! Item 3: a peer that stops sending must not hold the server's sockets, tasks and buffers for
+//! A peer that stops sending must not hold the server's sockets, tasks and buffers for
 //! ever. An HTTP/1.1 request whose body never came was still open after 80 s, and 200 HTTP/2
 //! streams with headers and no body, on a connection that answered pings, were never dropped.
 //! Now a request that stalls in the middle of a message for `--stall-timeout` ends with
