@@ -9,9 +9,10 @@
 //! [`sweep_workers`] makes every thread do so once the server falls idle. The client, short-lived
 //! or (`client bench`) busy throughout, has no use for that.
 
+use std::cell::Cell;
 use std::io;
 use std::num::NonZeroUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::{Builder, Handle, Runtime};
 
@@ -48,21 +49,41 @@ fn sized(threads: Option<NonZeroUsize>) -> Builder {
 /// mimalloc (the binaries' allocator) keeps freed pages for reuse, and takes back blocks freed
 /// by other threads only when their owner allocates again: after a burst of 10,000 calls in
 /// flight an idle server kept 48 MiB RSS for good (idle 6 MiB). Collecting on park brings it back
-/// to 8 MiB within a second, and costs nothing measurable: under full load threads rarely park,
-/// and a small heap is quick to collect (h2load on one CPU, and at a fixed 2k and 20k calls/s:
-/// req/s and CPU time per call within run-to-run noise; see CONTRIBUTING.md, "Performance").
+/// to 8 MiB within a second.
+///
+/// Only one park a second forces the pages out at once. A thread serving one call at a time
+/// parks after every call; forcing each time handed a page back to the OS per call whenever the
+/// call's headers made it span one more page, and the next call faulted it in again: +10 us per
+/// call for a client sending one header more than h2load (one page fault per call, measured with
+/// `perf stat -e page-faults`). The parks in between collect without forcing: mimalloc then
+/// returns a page only once it has stayed free past its purge delay (10 ms).
 fn release_freed_memory() {
+    const FORCE_EVERY: Duration = Duration::from_secs(1);
+    thread_local! {
+        static LAST_FORCED: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let force = LAST_FORCED
+        .get()
+        .is_none_or(|at| now.duration_since(at) >= FORCE_EVERY);
+    if force {
+        LAST_FORCED.set(Some(now));
+    }
+    collect(force);
+}
+
+fn collect(force: bool) {
     // SAFETY: mi_collect has no preconditions: it walks the calling thread's own heap and
     // mimalloc's shared, internally synchronised arenas. With another global allocator it finds
     // mimalloc's heap empty and does nothing.
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    unsafe { libmimalloc_sys::mi_collect(force) }
 }
 
 /// How long the server waits after its last connection closed before [`sweep_workers`]: the
 /// connections' tasks (each polls its own calls) finish and free their memory meanwhile.
 const SWEEP_DELAY: Duration = Duration::from_millis(200);
 
-/// Has every runtime thread park once more, and so return its freed memory (see
+/// Has every runtime thread return its freed memory to the OS at once (see
 /// `release_freed_memory`), a moment from now. For when the server falls idle.
 ///
 /// Needed because a block one thread frees for another goes back to the other's heap only when
@@ -76,7 +97,10 @@ pub fn sweep_workers() {
     handle.spawn(async move {
         tokio::time::sleep(SWEEP_DELAY).await;
         for _ in 0..workers {
-            tokio::spawn(async { std::thread::sleep(Duration::from_micros(500)) });
+            tokio::spawn(async {
+                std::thread::sleep(Duration::from_micros(500));
+                collect(true);
+            });
         }
     });
 }
