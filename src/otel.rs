@@ -25,19 +25,21 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanId, SpanKind, Status as SpanStatus, TraceContextExt, TraceId,
-    Tracer as _, TracerProvider as _,
+    Span as _, SpanContext, SpanKind, Status as SpanStatus, TraceContextExt, TraceId, Tracer as _,
+    TracerProvider as _,
 };
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::{Context, Key, KeyValue, Value};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::resource::{ResourceDetector, TelemetryResourceDetector};
+use opentelemetry_sdk::resource::{
+    EnvResourceDetector, ResourceDetector, SdkProvidedResourceDetector, TelemetryResourceDetector,
+};
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider, Span, SpanData,
-    SpanExporter,
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracer,
+    SdkTracerProvider, Span, SpanData, SpanExporter,
 };
 use tonic::Code;
 use tracing::warn;
@@ -92,11 +94,8 @@ impl Tracing {
         default_service_name: &'static str,
     ) -> Result<Self, TracingError> {
         let exporting = endpoint.is_some();
-        let mut provider = SdkTracerProvider::builder().with_resource(resource(
-            default_service_name,
-            std::env::var("OTEL_SERVICE_NAME").ok(),
-            std::env::var("OTEL_RESOURCE_ATTRIBUTES").ok(),
-        ));
+        let mut provider =
+            SdkTracerProvider::builder().with_resource(resource(default_service_name));
         if let Some(endpoint) = endpoint {
             let mut exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
@@ -208,7 +207,7 @@ impl Tracing {
             }
             let span = SpanContext::new(
                 parent.trace_id(),
-                SpanId::from(fastrand::u64(1..)),
+                RandomIdGenerator::default().new_span_id(),
                 parent.trace_flags(),
                 false,
                 parent.trace_state().clone(),
@@ -349,49 +348,42 @@ fn batch_delay() -> Duration {
         .map_or(Duration::from_secs(1), Duration::from_millis)
 }
 
-/// What the spans describe, by the specification's precedence: `OTEL_SERVICE_NAME`, then a
-/// `service.name` in `OTEL_RESOURCE_ATTRIBUTES` (percent-decoded `key=value` pairs, comma
-/// separated), then `default_service_name`.
-fn resource(
-    default_service_name: &'static str,
-    service_name: Option<String>,
-    attributes: Option<String>,
-) -> Resource {
-    let mut pairs: Vec<KeyValue> = Vec::new();
-    let mut named = None;
-    for pair in attributes.as_deref().unwrap_or("").split(',') {
-        let Some((key, value)) = pair.split_once('=') else {
-            continue;
+/// What the spans describe, detected by the SDK's own detectors: the SDK's attributes,
+/// `OTEL_RESOURCE_ATTRIBUTES`, then `service.name` by the specification's precedence
+/// (`OTEL_SERVICE_NAME`, else a `service.name` in `OTEL_RESOURCE_ATTRIBUTES`).
+/// `default_service_name` stands in for the SDK's `unknown_service` when neither names one.
+/// Values are percent-decoded, as the specification writes them and the SDK does not.
+fn resource(default_service_name: &'static str) -> Resource {
+    const SERVICE_NAME: &str = "service.name";
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.trim().is_empty())
+        || EnvResourceDetector::new()
+            .detect()
+            .get(&Key::from_static_str(SERVICE_NAME))
+            .is_some();
+    let detected = Resource::builder_empty()
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector),
+            Box::new(EnvResourceDetector::new()),
+            // Last, so OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES.
+            Box::new(SdkProvidedResourceDetector),
+        ])
+        .build();
+    let decoded = detected.iter().map(|(key, value)| {
+        let value = match value {
+            Value::String(text) => Value::from(
+                percent_encoding::percent_decode_str(text.as_str())
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            ),
+            other => other.clone(),
         };
-        let decode = |text: &str| {
-            percent_encoding::percent_decode_str(text.trim())
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        let (key, value) = (decode(key), decode(value));
-        if key.is_empty() {
-            continue;
-        }
-        if key == "service.name" {
-            named = Some(value);
-        } else {
-            pairs.push(KeyValue::new(key, value));
-        }
+        KeyValue::new(key.clone(), value)
+    });
+    let resource = Resource::builder_empty().with_attributes(decoded);
+    match named {
+        true => resource.build(),
+        false => resource.with_service_name(default_service_name).build(),
     }
-    let service_name = service_name
-        .filter(|name| !name.trim().is_empty())
-        .or(named)
-        .map_or(Value::from(default_service_name), Value::from);
-    let telemetry = TelemetryResourceDetector.detect();
-    Resource::builder_empty()
-        .with_attributes(
-            telemetry
-                .iter()
-                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
-        )
-        .with_attributes(pairs)
-        .with_service_name(service_name)
-        .build()
 }
 
 /// An exporter that says when spans are lost: failed exports are counted, and reported in one
@@ -456,54 +448,6 @@ impl<E: SpanExporter> SpanExporter for Reported<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn attribute(resource: &Resource, key: &'static str) -> Option<String> {
-        resource
-            .get(&opentelemetry::Key::from_static_str(key))
-            .map(|value| value.to_string())
-    }
-
-    #[test]
-    fn the_service_name_follows_the_specifications_precedence() {
-        let both = resource(
-            "formatdata",
-            Some("from-name".into()),
-            Some("service.name=from-attributes".into()),
-        );
-        assert_eq!(
-            attribute(&both, "service.name").as_deref(),
-            Some("from-name")
-        );
-        let attributes_only = resource(
-            "formatdata",
-            None,
-            Some("service.name=from-attributes".into()),
-        );
-        assert_eq!(
-            attribute(&attributes_only, "service.name").as_deref(),
-            Some("from-attributes")
-        );
-        let neither = resource("formatdata", None, None);
-        assert_eq!(
-            attribute(&neither, "service.name").as_deref(),
-            Some("formatdata")
-        );
-    }
-
-    #[test]
-    fn resource_attributes_are_percent_decoded_and_bad_pairs_skipped() {
-        let parsed = resource(
-            "formatdata",
-            None,
-            Some("deployment.environment=pre%20prod, team = text ,nonsense,=x".into()),
-        );
-        assert_eq!(
-            attribute(&parsed, "deployment.environment").as_deref(),
-            Some("pre prod")
-        );
-        assert_eq!(attribute(&parsed, "team").as_deref(), Some("text"));
-        assert_eq!(attribute(&parsed, "nonsense"), None);
-    }
 
     #[test]
     fn endpoints_must_be_http_urls() {

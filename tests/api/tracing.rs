@@ -94,6 +94,34 @@ fn a_client_call_is_one_trace_with_the_servers_span_as_a_child_of_the_clients() 
 }
 
 #[test]
+fn the_service_name_comes_from_the_environment_by_the_specifications_precedence() {
+    let collector = Collector::start();
+    let named_twice = [
+        ("OTEL_SERVICE_NAME", "from-name"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attributes,team=text",
+        ),
+    ];
+    let attributes_only = [("OTEL_RESOURCE_ATTRIBUTES", "service.name=from%20attributes")];
+    for (env, expected) in [
+        (&named_twice[..], "from-name"),
+        (&attributes_only[..], "from attributes"),
+    ] {
+        let server = traced_server(&collector.endpoint(), env);
+        let output = run_client_with_env(&["--addr", &server.addr()], &[]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let spans = collector.wait_for(WAIT, |spans| {
+            spans.iter().any(|span| span.service == expected)
+        });
+        assert!(
+            spans.iter().any(|span| span.service == expected),
+            "{expected}: {spans:#?}"
+        );
+    }
+}
+
+#[test]
 fn a_traceparent_from_the_environment_is_joined_and_the_trace_id_is_in_the_log_line() {
     let collector = Collector::start();
     // The call fails (no token), so its log line is a warning, printed at the default level.
