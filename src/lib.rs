@@ -28,10 +28,12 @@
 #![warn(unreachable_pub)]
 
 pub mod addr;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod client;
 mod grpc;
 pub mod otel;
+#[cfg(feature = "cli")]
 pub mod runtime;
 pub mod server;
 pub mod service;
@@ -42,6 +44,7 @@ pub mod uppercase;
 /// Code generated from `proto/data.proto` (package `example`).
 pub mod pb {
     tonic::include_proto!("example");
+    include!(concat!(env!("OUT_DIR"), "/server/example.rs"));
 
     /// The encoded `FileDescriptorSet` of every file under `proto/`, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -27,7 +27,7 @@ async fn serve(args: ServerArgs) -> ExitCode {
     // yet) and exits 0 rather than killing the process.
     let shutdown = server::shutdown_signal();
     let server = match Server::new(args.config()) {
-        Ok(server) => server,
+        Ok(server) => server.when_idle(runtime::sweep_workers),
         Err(err) if err.is_usage() => {
             eprintln!("server: {err}");
             return ExitCode::from(2);

@@ -23,6 +23,7 @@ use crate::client::ClientConfig;
 use crate::client::{Client, ClientError, TraceHeaders, no_reply_within};
 use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
 use crate::grpc::status::code_name;
+use crate::grpc::{self, timeout};
 use crate::otel::Tracing;
 use crate::pb::Data;
 use crate::service;
@@ -415,13 +416,9 @@ impl RawUnary {
         tokio::spawn(connection);
 
         let mut headers = http::HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(CONTENT_TYPE, grpc::GRPC_CONTENT_TYPE);
         headers.insert("te", HeaderValue::from_static("trailers"));
-        let timeout = format!("{}m", args.timeout.as_millis().clamp(1, 99_999_999));
-        headers.insert(
-            "grpc-timeout",
-            HeaderValue::from_str(&timeout).expect("digits"),
-        );
+        headers.insert(timeout::GRPC_TIMEOUT, timeout::write(args.timeout));
         if let Some(token) = &args.auth_token {
             let value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| ClientError::BadToken)?;

@@ -3,6 +3,7 @@
 //! the server or the gRPC status, ready for a one-line message.
 
 mod balance;
+#[cfg(feature = "cli")]
 pub mod bench;
 
 use std::future::Future;
@@ -680,12 +681,16 @@ fn longest_line(max_message_bytes: usize) -> usize {
         .unwrap_or(0)
 }
 
-/// tonic reports its own message-size limits as OUT_OF_RANGE; gRPC calls that RESOURCE_EXHAUSTED
-/// (grpcio, grpc-go and our server say so), and no FormatData, health or reflection server
-/// returns OUT_OF_RANGE itself.
+/// tonic's decoder reports a reply over the client's size limit as OUT_OF_RANGE, with this
+/// message; gRPC calls that RESOURCE_EXHAUSTED (grpcio and grpc-go say so). Only that status is
+/// changed: an OUT_OF_RANGE a server sends reaches the caller as it is.
+const TONIC_REPLY_TOO_LARGE: &str = "Error, decoded message length too large";
+
 fn standard_code(status: Status) -> Status {
     match status.code() {
-        Code::OutOfRange => Status::resource_exhausted(status.message()),
+        Code::OutOfRange if status.message().starts_with(TONIC_REPLY_TOO_LARGE) => {
+            Status::resource_exhausted(status.message())
+        }
         _ => status,
     }
 }
@@ -709,6 +714,14 @@ fn unreachable(status: &Status) -> Option<&Unreachable> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_tonics_own_size_limit_becomes_resource_exhausted() {
+        let tonic = Status::out_of_range(format!("{TONIC_REPLY_TOO_LARGE}: found 9 bytes"));
+        assert_eq!(standard_code(tonic).code(), Code::ResourceExhausted);
+        let servers = Status::out_of_range("past the end");
+        assert_eq!(standard_code(servers).code(), Code::OutOfRange);
+    }
 
     #[test]
     fn the_longest_line_is_the_longest_whose_request_fits() {
