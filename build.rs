@@ -1,9 +1,9 @@
 //! Compiles `proto/` into Rust with protox (a protobuf compiler written in Rust), so building
 //! formatdata never looks for or runs `protoc`.
 //!
-//! Outputs in `OUT_DIR`: the prost messages and tonic client/server for each package (pulled in by
-//! `tonic::include_proto!`), and `formatdata_descriptor.bin`, the encoded `FileDescriptorSet` that
-//! gRPC reflection serves.
+//! Outputs in `OUT_DIR`: the prost messages and tonic client for each package (pulled in by
+//! `tonic::include_proto!`), its tonic server in `server/`, and `formatdata_descriptor.bin`, the
+//! encoded `FileDescriptorSet` that gRPC reflection serves.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,14 +38,25 @@ fn compile() -> Result<(), String> {
     fs::write(&descriptor_path, compiler.encode_file_descriptor_set())
         .map_err(|err| format!("cannot write {}: {err}", descriptor_path.display()))?;
 
-    // tonic's stock prost codec for both stubs, which reports bytes that do not decode as
-    // INTERNAL. The generated client and server share one codec, which cannot tell a reply from
-    // a request, and INTERNAL is right for a reply (the server is broken; grpcio and grpc-go say
-    // so too). For a request the caller is at fault: the server's middleware turns it into
-    // INVALID_ARGUMENT (`middleware::standard_status`), as it does every other request tonic
-    // cannot decode, so nothing needs to be told which side it is on.
+    // Two passes over the same descriptors. The messages and the client keep tonic's stock prost
+    // codec, which reports bytes that do not decode as INTERNAL: right for a reply (the server
+    // is broken; grpcio and grpc-go say so too). The servers, generated apart into `server/`,
+    // use `grpc::codec::RequestCodec`, which says INVALID_ARGUMENT: for a request the caller is
+    // at fault. One codec for both could not tell a reply from a request.
+    let files = compiler.file_descriptor_set();
     tonic_prost_build::configure()
-        .compile_fds(compiler.file_descriptor_set())
+        .build_server(false)
+        .compile_fds(files.clone())
+        .map_err(|err| format!("code generation failed: {err}"))?;
+    let server_dir = out_dir.join("server");
+    fs::create_dir_all(&server_dir)
+        .map_err(|err| format!("cannot create {}: {err}", server_dir.display()))?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .codec_path("crate::grpc::codec::RequestCodec")
+        .extern_path(".example", "crate::pb")
+        .out_dir(&server_dir)
+        .compile_fds(files)
         .map_err(|err| format!("code generation failed: {err}"))
 }
 

@@ -29,7 +29,50 @@ pub(crate) struct Prefix {
     pub length: usize,
 }
 
+/// What a request's message prefixes may say: how long a message may be, and whether the call
+/// named a `grpc-encoding` its messages may be compressed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Admission {
+    pub limit: usize,
+    pub encoded: bool,
+}
+
+impl Admission {
+    /// Anything well formed: for bytes this process wrote itself.
+    const ANY: Self = Self {
+        limit: usize::MAX,
+        encoded: true,
+    };
+}
+
 impl Prefix {
+    /// Whether a message with this prefix may be read: a valid flag, compressed only if the
+    /// call has an encoding, and within the limit; checked before the message is buffered. The
+    /// flag before the length, so a bad flag is blamed whatever length follows.
+    pub(crate) fn admit(self, admission: Admission) -> Result<(), Status> {
+        match self.flag {
+            0 => {}
+            1 if admission.encoded => {}
+            1 => {
+                return Err(Status::invalid_argument(
+                    "message flagged compressed, but no grpc-encoding was given",
+                ));
+            }
+            flag => {
+                return Err(Status::invalid_argument(format!(
+                    "invalid compression flag {flag} (0 and 1 are valid)"
+                )));
+            }
+        }
+        if self.length > admission.limit {
+            return Err(Status::resource_exhausted(format!(
+                "request message of {} bytes is over the {}-byte limit",
+                self.length, admission.limit
+            )));
+        }
+        Ok(())
+    }
+
     /// The prefix at the start of `bytes`, once they hold one.
     pub(crate) fn read(bytes: &[u8]) -> Option<Self> {
         let prefix: &[u8; PREFIX_LEN] = bytes.get(..PREFIX_LEN)?.try_into().ok()?;
@@ -47,10 +90,25 @@ pub(crate) fn decode_request<M: Message + Default>(bytes: Bytes) -> Result<M, St
     M::decode(bytes).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
+/// A message prefix that was not admitted: why, and how many of the bytes fed before it
+/// belong to the messages before it (which may still be read).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub whole: usize,
+    pub status: Status,
+}
+
+/// The status of a call that takes one message and was sent none.
+pub(crate) fn missing_message() -> Status {
+    Status::invalid_argument("missing request message")
+}
+
 /// Follows the framing of a byte stream that arrives in pieces (prefixes may straddle HTTP/2
-/// DATA frames): counts the messages, and knows how much of the one in progress has arrived.
-#[derive(Debug, Default)]
+/// DATA frames): counts the messages, knows how much of the one in progress has arrived, and
+/// refuses a prefix its [`Admission`] does not admit.
+#[derive(Debug)]
 pub(crate) struct Framing {
+    admission: Admission,
     prefix: [u8; PREFIX_LEN],
     prefix_read: usize,
     /// Declared length of the message whose body is arriving.
@@ -64,7 +122,26 @@ pub(crate) struct Framing {
     largest: usize,
 }
 
+impl Default for Framing {
+    fn default() -> Self {
+        Self::admitting(Admission::ANY)
+    }
+}
+
 impl Framing {
+    pub(crate) fn admitting(admission: Admission) -> Self {
+        Self {
+            admission,
+            prefix: [0; PREFIX_LEN],
+            prefix_read: 0,
+            length: 0,
+            remaining: 0,
+            begun: 0,
+            complete: 0,
+            largest: 0,
+        }
+    }
+
     /// Whether the bytes fed so far stop inside a message (its prefix or its body).
     pub(crate) fn mid_message(&self) -> bool {
         self.prefix_read > 0 || self.remaining > 0
@@ -93,8 +170,10 @@ impl Framing {
         self.largest
     }
 
-    /// Feeds the next bytes; returns how many messages began in them.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+    /// Feeds the next bytes; returns how many messages began in them, or why a prefix in them
+    /// is refused.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Result<u64, Refused> {
+        let fed = bytes.len();
         let mut messages = 0;
         while !bytes.is_empty() {
             if self.remaining > 0 {
@@ -106,6 +185,11 @@ impl Framing {
                 }
                 continue;
             }
+            // Where the message whose prefix this is began in these bytes (0: before them).
+            let message_start = match self.prefix_read {
+                0 => fed - bytes.len(),
+                _ => 0,
+            };
             if self.prefix_read == 0 {
                 self.begun += 1;
             }
@@ -116,7 +200,12 @@ impl Framing {
             bytes = &bytes[taken..];
             if self.prefix_read == PREFIX_LEN {
                 messages += 1;
-                self.length = Prefix::read(&self.prefix).expect("whole").length;
+                let prefix = Prefix::read(&self.prefix).expect("whole");
+                prefix.admit(self.admission).map_err(|status| Refused {
+                    whole: message_start,
+                    status,
+                })?;
+                self.length = prefix.length;
                 self.remaining = self.length;
                 self.prefix_read = 0;
                 if self.remaining == 0 {
@@ -124,7 +213,7 @@ impl Framing {
                 }
             }
         }
-        messages
+        Ok(messages)
     }
 
     fn completed(&mut self) {
@@ -149,7 +238,7 @@ mod tests {
             let mut framing = Framing::default();
             let total: u64 = stream
                 .chunks(chunk_size)
-                .map(|chunk| framing.feed(chunk))
+                .map(|chunk| framing.feed(chunk).unwrap())
                 .sum();
             assert_eq!(total, 3, "chunks of {chunk_size}");
             assert_eq!(framing.complete(), 3);
@@ -159,13 +248,58 @@ mod tests {
     }
 
     #[test]
+    fn refuses_a_prefix_it_does_not_admit_before_its_message() {
+        let admission = Admission {
+            limit: 10,
+            encoded: false,
+        };
+        let refused = |bytes: &[u8]| {
+            Framing::admitting(admission)
+                .feed(bytes)
+                .unwrap_err()
+                .status
+        };
+        assert_eq!(
+            refused(&[2, 0, 0, 0, 1]).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            refused(&[1, 0, 0, 0, 1]).code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            refused(&[0, 0, 0, 0, 11]).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // A bad flag is blamed whatever length follows.
+        assert_eq!(
+            refused(&[7, 255, 255, 255, 255]).code(),
+            tonic::Code::InvalidArgument
+        );
+        let mut encoded = Framing::admitting(Admission {
+            encoded: true,
+            ..admission
+        });
+        assert_eq!(encoded.feed(&[1, 0, 0, 0, 10]).unwrap(), 1);
+        // The messages before a refused one can still be read.
+        let mut stream = Framing::admitting(admission);
+        let refused = stream
+            .feed(&[0, 0, 0, 0, 2, b'o', b'k', 0, 0, 0, 0, 11])
+            .unwrap_err();
+        assert_eq!(
+            (refused.whole, refused.status.code()),
+            (7, tonic::Code::ResourceExhausted)
+        );
+    }
+
+    #[test]
     fn knows_how_much_of_the_message_in_progress_arrived() {
         let mut framing = Framing::default();
-        framing.feed(&[0, 0, 0]);
+        framing.feed(&[0, 0, 0]).unwrap();
         assert_eq!((framing.partial(), framing.complete()), (3, 0));
-        framing.feed(&[0, 10, b'a', b'b']);
+        framing.feed(&[0, 10, b'a', b'b']).unwrap();
         assert_eq!((framing.partial(), framing.complete()), (7, 0));
-        framing.feed(&[b'c'; 8]);
+        framing.feed(&[b'c'; 8]).unwrap();
         assert_eq!((framing.partial(), framing.complete()), (0, 1));
         assert_eq!(framing.largest(), 15);
     }

@@ -1,6 +1,6 @@
 //! How a gRPC call's status travels: `grpc-status` and `grpc-message` in the trailers, or in the
-//! headers of a "trailers-only" reply when the call ends before any message; the codes tonic
-//! gives its own errors put right; and the names of the codes.
+//! headers of a "trailers-only" reply when the call ends before any message; and the names of
+//! the codes.
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Response};
@@ -18,7 +18,7 @@ pub(crate) fn status_response(status: &Status) -> Response<Body> {
     let mut response = Response::new(Body::default());
     response
         .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        .insert(CONTENT_TYPE, super::GRPC_CONTENT_TYPE);
     set_status_headers(response.headers_mut(), status);
     response
 }
@@ -72,18 +72,11 @@ pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
     }
 }
 
-/// Reads the call's status from `headers` (response headers or trailers), first rewriting the
-/// codes tonic gives its own errors to the ones the gRPC spec and grpcio/grpc-go use:
-///
-/// - OUT_OF_RANGE -> RESOURCE_EXHAUSTED: tonic's message-size limits (our services never
-///   return OUT_OF_RANGE themselves).
-/// - INTERNAL -> INVALID_ARGUMENT: tonic's request decoding failures (a truncated frame, a bad
-///   compression flag, no message at all, bytes that are not the message); our handlers never
-///   return INTERNAL, so this is always bytes the caller sent.
-/// - UNIMPLEMENTED with no message -> the same with the method named: tonic's router has no
-///   such method.
-///
-/// A message over [`MAX_STATUS_MESSAGE`] is cut there.
+/// Reads the call's status from `headers` (response headers or trailers). Its code is never
+/// changed: the statuses tonic would give what a client sent wrong are made where that is found
+/// (the request body's framing checks, the server codec). Two things are put right, keeping the
+/// code: UNIMPLEMENTED with no message (tonic's router has no such method) gets the method
+/// named, and a message over [`MAX_STATUS_MESSAGE`] is cut there.
 pub(crate) fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<Status> {
     let code = Code::from_bytes(headers.get(&GRPC_STATUS)?.as_bytes());
     if code == Code::Ok {
@@ -99,8 +92,6 @@ pub(crate) fn standard_status(headers: &mut HeaderMap, method: &str) -> Option<S
         })
         .unwrap_or_default();
     let status = match code {
-        Code::OutOfRange => Status::resource_exhausted(message),
-        Code::Internal => Status::invalid_argument(message),
         Code::Unimplemented if message.is_empty() => {
             Status::unimplemented(format!("unknown method {method}"))
         }
@@ -178,12 +169,13 @@ mod tests {
     }
 
     #[test]
-    fn tonic_errors_get_standard_codes() {
-        let mut too_big = headers(&[("grpc-status", "11"), ("grpc-message", "too%20large")]);
-        let status = standard_status(&mut too_big, "/m").unwrap();
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_eq!(status.message(), "too large");
-        assert_eq!(too_big["grpc-status"], "8");
+    fn codes_pass_unchanged_and_an_unknown_method_is_named() {
+        for (code, message) in [("13", "boom"), ("11", "past%20the%20end")] {
+            let mut trailers = headers(&[("grpc-status", code), ("grpc-message", message)]);
+            let status = standard_status(&mut trailers, "/m").unwrap();
+            assert_eq!(status.code(), Code::from_bytes(code.as_bytes()));
+            assert_eq!(trailers["grpc-status"], code);
+        }
 
         let mut unknown = headers(&[("grpc-status", "12")]);
         let status = standard_status(&mut unknown, "/x.Y/Z").unwrap();

@@ -14,15 +14,15 @@ use std::task::{Context, Poll, ready};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::Either;
 use http::header::CONTENT_TYPE;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
 
-use crate::grpc::compression::GRPC_ENCODING;
 use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
 use crate::grpc::status::{ok_trailers, status_response};
+use crate::grpc::{self, compression::GRPC_ENCODING};
 use crate::pb::Data;
 use crate::service;
 
@@ -110,10 +110,8 @@ where
                 // The body's own errors are statuses already.
                 Some(Err(error)) => break Err(error.into()),
                 Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data()
-                        && let Err(status) = this.message.push(data, this.limit)
-                    {
-                        break Err(status);
+                    if let Ok(data) = frame.into_data() {
+                        this.message.push(data, this.limit);
                     }
                 }
                 None => {
@@ -131,7 +129,7 @@ where
                 }));
                 response
                     .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+                    .insert(CONTENT_TYPE, grpc::GRPC_CONTENT_TYPE);
                 response
             }
             // An error before any reply: "trailers-only", the status in the headers.
@@ -140,10 +138,9 @@ where
     }
 }
 
-/// The request's one message as it arrives, refused from its prefix, before it is buffered,
-/// when it is over the size limit, as tonic does. The body it comes from is the call's
-/// [`RequestBody`], which has failed by then if a second message began or the body ended
-/// inside this one.
+/// The request's one message as it arrives. The body it comes from is the call's
+/// [`RequestBody`], which has failed by then if the message's prefix is not admitted (a bad
+/// flag, over the size limit), a second message began, or the body ended inside this one.
 ///
 /// Usually the whole message comes in one DATA frame: those bytes are kept as they are, and
 /// only copied into a buffer when a second frame follows. That buffer is made as large as the
@@ -158,7 +155,7 @@ struct Message {
 }
 
 impl Message {
-    fn push(&mut self, data: Bytes, limit: usize) -> Result<(), Status> {
+    fn push(&mut self, data: Bytes, limit: usize) {
         match &mut self.joined {
             Some(buffer) => buffer.extend_from_slice(&data),
             None if self.first.is_empty() => self.first = data,
@@ -171,46 +168,16 @@ impl Message {
                 self.joined = Some(buffer);
             }
         }
-        match Prefix::read(self.joined.as_deref().unwrap_or(&self.first)) {
-            Some(prefix) => admit(prefix, limit),
-            None => Ok(()),
-        }
     }
 
     /// The message, once the body has ended.
     fn finish(self) -> Result<Data, Status> {
         let received = self.joined.map_or(self.first, BytesMut::freeze);
         if received.is_empty() {
-            return Err(Status::invalid_argument("missing request message"));
+            return Err(framing::missing_message());
         }
         framing::decode_request(received.slice(PREFIX_LEN..))
     }
-}
-
-/// Whether a message with `prefix` may be read: uncompressed (the fast path takes no
-/// `grpc-encoding`) and within the limit. The flag before the length, in tonic's order, so both
-/// paths blame the same fault.
-fn admit(prefix: Prefix, limit: usize) -> Result<(), Status> {
-    match prefix.flag {
-        0 => {}
-        1 => {
-            return Err(Status::invalid_argument(
-                "message flagged compressed, but no grpc-encoding was given",
-            ));
-        }
-        flag => {
-            return Err(Status::invalid_argument(format!(
-                "invalid compression flag {flag} (0 and 1 are valid)"
-            )));
-        }
-    }
-    if prefix.length > limit {
-        return Err(Status::resource_exhausted(format!(
-            "request message of {} bytes is over the {limit}-byte limit",
-            prefix.length
-        )));
-    }
-    Ok(())
 }
 
 /// A reply body of one message and the trailers.

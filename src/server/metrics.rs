@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use crate::grpc::methods::{self, Method};
 use crate::grpc::status::go_code_name;
-use crate::server::connection::MAX_HTTP1_HEAD;
+use crate::server::config::MAX_HTTP1_HEAD;
 use crate::server::listen::Acceptor;
 
 /// Connections the endpoint serves at once: scrapers are few.
@@ -177,9 +177,9 @@ pub(super) struct CallMetrics {
 }
 
 impl CallMetrics {
-    /// The counter of request messages, for the request body to count them as they come.
-    pub(super) fn received(&self) -> IntCounter {
-        self.series.received.clone()
+    /// The count of request messages, for the request body to add to as they come.
+    pub(super) fn received(&self) -> MessagesReceived {
+        MessagesReceived(self.series.received.clone())
     }
 
     /// Counts `messages` more reply messages.
@@ -191,6 +191,15 @@ impl CallMetrics {
     pub(super) fn finish(&self, code: Code, seconds: f64) {
         self.series.handled[code as usize].inc();
         self.series.handling.observe(seconds);
+    }
+}
+
+/// One method's count of request messages (`grpc_server_msg_received_total`).
+pub(super) struct MessagesReceived(IntCounter);
+
+impl MessagesReceived {
+    pub(super) fn add(&self, messages: u64) {
+        self.0.inc_by(messages);
     }
 }
 

@@ -4,17 +4,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Request;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use prometheus::IntCounter;
 use tonic::Status;
 
-use crate::grpc::framing::Framing;
-use crate::server::connection::ConnectionState;
+use crate::grpc::framing::{self, Admission, Framing, Refused};
+use crate::server::context::{ClientGone, ConnectionState, client_went_away, is_transport_error};
+use crate::server::metrics::MessagesReceived;
 
 pin_project_lite::pin_project! {
     /// A request body that follows its gRPC framing, as it arrives:
@@ -41,28 +39,59 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         messages: Framing,
-        counter: Option<IntCounter>,
+        received: Option<MessagesReceived>,
         one_message: bool,
         ended: bool,
-        connection: Option<Arc<ConnectionState>>,
-        // Bytes held in the connection's budget.
-        held: usize,
-        // What a stream of compressed messages holds besides them, once one has come: tonic's
-        // decoder keeps a buffer as large as the largest message decompressed, which may be
-        // far larger than the bytes that came.
-        decompression_cost: usize,
+        held: HeldMessages,
+        // A message prefix refused after the messages before it were handed on.
+        refused: Option<Status>,
         // Raised when the client goes; already raised on the gRPC-Web path, where tonic-web
         // hides why the body failed.
         gone: ClientGone,
         stall: Option<Stall>,
     }
+}
 
-    impl<B> PinnedDrop for RequestBody<B> {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(connection) = this.connection {
-                connection.buffered.give_back(*this.held);
+/// What a request body holds in its connection's budget: the bytes of the message in progress,
+/// and for a stream the largest message so far (tonic's decoder keeps that much buffer), with
+/// the decompression buffer once its messages come compressed. Given back when dropped.
+struct HeldMessages {
+    connection: Option<Arc<ConnectionState>>,
+    held: usize,
+    /// What a stream of compressed messages holds besides them, once one has come: tonic's
+    /// decoder keeps a buffer as large as the largest message decompressed, which may be far
+    /// larger than the bytes that came.
+    decompression_cost: usize,
+}
+
+impl HeldMessages {
+    /// Holds what `messages` now need, RESOURCE_EXHAUSTED past the budget.
+    fn follow(&mut self, messages: &Framing, one_message: bool) -> Result<(), Status> {
+        let Some(connection) = &self.connection else {
+            return Ok(());
+        };
+        connection.progressed();
+        let wanted = match one_message {
+            true => messages.partial(),
+            false if messages.begun() > 0 => {
+                messages.partial().max(messages.largest()) + self.decompression_cost
             }
+            false => 0,
+        };
+        if wanted > self.held {
+            connection.buffered.take(wanted - self.held)?;
+        } else {
+            connection.buffered.give_back(self.held - wanted);
+        }
+        self.held = wanted;
+        Ok(())
+    }
+}
+
+impl Drop for HeldMessages {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection.buffered.give_back(self.held);
         }
     }
 }
@@ -101,26 +130,34 @@ impl Stall {
 impl<B> RequestBody<B> {
     /// `inner`, the body of a call that takes `one_request` message or a stream, followed.
     /// `received` counts its messages; `connection` holds its bytes; `gone` is raised if the
-    /// client goes; `stall`, when set, is `--stall-timeout`; `decompression_cost`, what a stream
-    /// of compressed messages holds besides them (0 when uncompressed).
-    pub fn new(
+    /// client goes; `stall`, when set, is `--stall-timeout`; `admission`, what its message
+    /// prefixes may say (a stream whose messages may be compressed also holds the limit for
+    /// tonic's decompression buffer).
+    pub(super) fn new(
         inner: B,
         one_request: bool,
-        received: Option<IntCounter>,
+        received: Option<MessagesReceived>,
         connection: Option<Arc<ConnectionState>>,
         gone: ClientGone,
         stall: Option<Duration>,
-        decompression_cost: usize,
+        admission: Admission,
     ) -> Self {
+        let decompression_cost = match admission.encoded {
+            true if !one_request => admission.limit,
+            _ => 0,
+        };
         Self {
             inner,
-            messages: Framing::default(),
-            counter: received,
+            messages: Framing::admitting(admission),
+            received,
             one_message: one_request,
             ended: false,
-            connection,
-            held: 0,
-            decompression_cost: if one_request { 0 } else { decompression_cost },
+            held: HeldMessages {
+                connection,
+                held: 0,
+                decompression_cost,
+            },
+            refused: None,
             gone,
             stall: stall.map(|timeout| Stall {
                 timeout,
@@ -152,6 +189,10 @@ where
         if self.ended {
             return Poll::Ready(None);
         }
+        if let Some(status) = self.as_mut().project().refused.take() {
+            *self.as_mut().project().ended = true;
+            return Poll::Ready(Some(Err(status)));
+        }
         let awaits_message = self.awaits_message();
         let this = self.as_mut().project();
         let frame = match this.inner.poll_frame(cx) {
@@ -182,13 +223,28 @@ where
                         "truncated gRPC frame: unexpected EOF inside a message",
                     ))));
                 }
+                if *this.one_message && this.messages.complete() == 0 {
+                    return Poll::Ready(Some(Err(framing::missing_message())));
+                }
                 return Poll::Ready(None);
             }
         };
         if let Some(data) = frame.data_ref() {
-            let began = this.messages.feed(data);
-            if let Some(counter) = this.counter {
-                counter.inc_by(began);
+            let began = match this.messages.feed(data) {
+                Ok(began) => began,
+                // The messages before the refused one go on first, as they would have had
+                // they come in a DATA frame of their own; the refusal follows.
+                Err(Refused { whole, status }) if whole > 0 => {
+                    *this.refused = Some(status);
+                    return Poll::Ready(Some(Ok(Frame::data(data.slice(..whole)))));
+                }
+                Err(Refused { status, .. }) => {
+                    *this.ended = true;
+                    return Poll::Ready(Some(Err(status)));
+                }
+            };
+            if let Some(received) = this.received {
+                received.add(began);
             }
             if let Some(stall) = this.stall {
                 stall.restart = true;
@@ -197,25 +253,9 @@ where
                 *this.ended = true;
                 return Poll::Ready(Some(Err(more_than_one_message())));
             }
-            if let Some(connection) = this.connection {
-                connection.progressed();
-                let wanted = match *this.one_message {
-                    true => this.messages.partial(),
-                    false if this.messages.begun() > 0 => {
-                        this.messages.partial().max(this.messages.largest())
-                            + *this.decompression_cost
-                    }
-                    false => 0,
-                };
-                if wanted > *this.held {
-                    if let Err(status) = connection.buffered.take(wanted - *this.held) {
-                        *this.ended = true;
-                        return Poll::Ready(Some(Err(status)));
-                    }
-                } else {
-                    connection.buffered.give_back(*this.held - wanted);
-                }
-                *this.held = wanted;
+            if let Err(status) = this.held.follow(this.messages, *this.one_message) {
+                *this.ended = true;
+                return Poll::Ready(Some(Err(status)));
             }
         }
         Poll::Ready(Some(Ok(frame)))
@@ -224,86 +264,6 @@ where
     fn is_end_stream(&self) -> bool {
         // Not done until the framing check has run at the end of the body.
         self.ended
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The status of a call whose client reset its stream or dropped its connection.
-pub(super) fn client_went_away() -> Status {
-    Status::cancelled("the client cancelled the call (stream reset or connection closed)")
-}
-
-/// Whether a request body failed because of its transport (a reset stream, a closed connection)
-/// rather than its content.
-fn is_transport_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(error), |error| error.source()).any(|cause| {
-        cause.is::<h2::Error>() || cause.is::<hyper::Error>() || cause.is::<std::io::Error>()
-    })
-}
-
-/// Whether a gRPC-Web request's body failed because the client went away. tonic-web turns its
-/// body's errors into a status carrying only their text, so the fact travels beside it, in the
-/// request's extensions, from [`ClientGone::track`] to [`RequestBody`].
-#[derive(Debug, Clone, Default)]
-pub struct ClientGone(Arc<AtomicBool>);
-
-impl ClientGone {
-    /// Watches `request`'s body for transport errors, and leaves the flag in its extensions.
-    pub fn track<B>(request: Request<B>) -> Request<Watched<B>> {
-        let gone = Self::default();
-        let (mut parts, body) = request.into_parts();
-        parts.extensions.insert(gone.clone());
-        Request::from_parts(parts, Watched { inner: body, gone })
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn set(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request body that raises its [`ClientGone`] flag when it fails for transport reasons.
-    pub struct Watched<B> {
-        #[pin]
-        inner: B,
-        gone: ClientGone,
-    }
-}
-
-impl<B> HttpBody for Watched<B>
-where
-    B: HttpBody,
-    B::Error: Into<tonic::codegen::StdError>,
-{
-    type Data = B::Data;
-    type Error = tonic::codegen::StdError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
-            Some(Err(error)) => {
-                let error = error.into();
-                if is_transport_error(&*error) {
-                    this.gone.set();
-                }
-                Poll::Ready(Some(Err(error)))
-            }
-            other => Poll::Ready(other.map(|frame| frame.map_err(Into::into))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
