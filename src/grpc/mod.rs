@@ -1,15 +1,17 @@
-//! The gRPC wire rules, in one place for both sides: how messages are framed ([`framing`]), how
+//! The gRPC wire rules, in one place for both sides: how messages are framed ([`framing`]) and
+//! decoded ([`codec`]), how
 //! a call's status travels and what its codes are called ([`status`]), which methods exist and
 //! of what kind ([`methods`], derived from the compiled descriptors), and what a gRPC request
 //! looks like.
 
+pub(crate) mod codec;
 pub(crate) mod compression;
 pub(crate) mod framing;
 pub(crate) mod methods;
 pub(crate) mod status;
+pub(crate) mod timeout;
 
-use http::HeaderMap;
-use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue};
 
 /// Largest request metadata (the HTTP/2 header list: every header and pseudo-header, each
 /// counted as its name and value plus 32 bytes, as SETTINGS_MAX_HEADER_LIST_SIZE counts it),
@@ -40,16 +42,26 @@ pub(crate) fn metadata_size<B>(request: &http::Request<B>) -> usize {
         + pseudo
 }
 
-/// gRPC is `application/grpc`, optionally with a `+proto`-style suffix or parameters.
+/// The content type of gRPC requests and replies.
+pub(crate) const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
+
+/// gRPC-Web's content types: `application/grpc-web`, `-web+proto`, `-web-text`, ...
+pub(crate) fn is_grpc_web(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"))
+}
+
+/// gRPC with protobuf messages: `application/grpc` or `application/grpc+proto`, optionally
+/// with parameters. Another codec (`application/grpc+json`) is not served: its body would be
+/// taken for protobuf.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
-        .get(CONTENT_TYPE)
+        .get(http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
-        })
+        .and_then(|value| value.strip_prefix("application/grpc"))
+        .map(|rest| rest.strip_prefix("+proto").unwrap_or(rest))
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(';'))
 }
 
 #[cfg(test)]
@@ -60,13 +72,15 @@ mod tests {
     fn grpc_content_types() {
         let is = |value| {
             let mut headers = HeaderMap::new();
-            headers.insert(CONTENT_TYPE, http::HeaderValue::from_static(value));
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(value));
             is_grpc(&headers)
         };
         assert!(is("application/grpc"));
         assert!(is("application/grpc+proto"));
         assert!(is("application/grpc;charset=utf-8"));
         assert!(!is("application/grpcx"));
+        assert!(!is("application/grpc+json"));
+        assert!(is("application/grpc+proto;charset=utf-8"));
         assert!(!is("application/json"));
         assert!(!is_grpc(&HeaderMap::new()));
     }

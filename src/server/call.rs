@@ -1,11 +1,12 @@
 //! What happens around every gRPC call, to every service, on every path: admission (gRPC only,
-//! within the connection's budget), its request body followed ([`RequestBody`]), and its end
-//! accounted once: one log line with its method, status and duration, the in-flight count, the
-//! metrics, the call's OpenTelemetry span (when tracing is on), and the connection's count of
-//! calls its client cancelled.
+//! metadata within its limit, the call's cost within the connection's budget), its request body
+//! followed ([`RequestBody`]), and its end accounted once ([`Call`]): the bytes it holds
+//! (`CallBytes`), its metrics, its OpenTelemetry span (when tracing is on), the in-flight count,
+//! one log line with its method, status and duration, and the connection's count of calls its
+//! client cancelled.
 //!
-//! Outermost in the call stack (see [`crate::server`]), so it sees each call exactly as it
-//! arrives and leaves.
+//! Outermost in the call stack (see `stack.rs`), so it sees each call exactly as it arrives and
+//! leaves.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,16 +27,16 @@ use tracing::field::display;
 use tracing::{debug, warn};
 
 use crate::grpc::compression::{self, Encoding, GRPC_ENCODING, ReplyCompression};
-use crate::grpc::framing::Framing;
+use crate::grpc::framing::{Admission, Framing};
 use crate::grpc::methods;
 use crate::grpc::status::{standard_status, status_response, status_trailers};
 use crate::grpc::{MAX_METADATA_BYTES, is_grpc, metadata_size};
 use crate::otel::{CallSpan, Tracing};
 use crate::server::budget::{self, StreamClaim, shed_status};
 use crate::server::compress::CompressedReplies;
-use crate::server::connection::ConnectionState;
+use crate::server::context::{ClientGone, ConnectionState, client_went_away};
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
-use crate::server::request_body::{ClientGone, RequestBody, client_went_away};
+use crate::server::request_body::RequestBody;
 use crate::telemetry::untrusted;
 
 /// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
@@ -61,7 +62,8 @@ pub(super) struct CallsLayer {
     pub tracing: Option<Tracing>,
     /// When replies are compressed (`--compress-replies`).
     pub reply_compression: ReplyCompression,
-    /// `--max-message-bytes`: as much as decompressing one request message may take.
+    /// `--max-message-bytes`: the longest request message, and as much as decompressing one
+    /// may take.
     pub max_message_bytes: usize,
 }
 
@@ -146,10 +148,9 @@ where
             .get::<ClientGone>()
             .cloned()
             .unwrap_or_default();
-        let decompression_cost = if compressed {
-            self.max_message_bytes
-        } else {
-            0
+        let admission = Admission {
+            limit: self.max_message_bytes,
+            encoded: compressed,
         };
         let request = request.map(|body| {
             RequestBody::new(
@@ -159,7 +160,7 @@ where
                 self.connection.clone(),
                 gone.clone(),
                 self.stall_timeout,
-                decompression_cost,
+                admission,
             )
         });
         // Streams may be shed when the server runs short; a unary call is over soon anyway.
@@ -179,16 +180,15 @@ where
                     .and_then(|connection| connection.peer),
             )
         });
-        let mut call = CallLog::start(
+        let mut call = Call::start(
             request.uri(),
             self.in_flight.clone(),
             metrics,
-            self.connection.clone(),
             gone,
             span,
-            claim,
+            CallBytes::new(self.connection.clone(), claim),
         );
-        if let Err(status) = call.charge(one_request) {
+        if let Err(status) = call.bytes.charge(one_request) {
             call.finish(&status);
             return CallFuture::Answered {
                 response: Some(status_response(&status)),
@@ -205,9 +205,15 @@ where
             };
         }
         if !is_grpc(request.headers()) {
+            let given = request
+                .headers()
+                .get(CONTENT_TYPE)
+                .map_or("none".into(), |value| {
+                    String::from_utf8_lossy(value.as_bytes()).into_owned()
+                });
             let status = Status::invalid_argument(format!(
-                "content-type {:?} is not application/grpc",
-                request.headers().get(CONTENT_TYPE)
+                "content type {given} is not served here: send application/grpc (gRPC with \
+                 protobuf), or application/grpc-web where the server enables gRPC-Web"
             ));
             // HTTP 415 as the gRPC spec asks, so plain HTTP clients understand too; grpc-status
             // as grpc-go sends it, so gRPC clients get a real status rather than UNKNOWN.
@@ -233,7 +239,7 @@ pin_project_lite::pin_project! {
     #[project = CallProjection]
     pub enum CallFuture<F> {
         Answered { response: Option<Response<Body>> },
-        Running { #[pin] reply: F, call: Option<CallLog>, encoding: Option<Encoding> },
+        Running { #[pin] reply: F, call: Option<Call>, encoding: Option<Encoding> },
     }
 }
 
@@ -253,7 +259,7 @@ where
                 call,
                 encoding,
             } => {
-                if call.as_ref().is_some_and(|call| call.poll_shed(cx)) {
+                if call.as_ref().is_some_and(|call| call.bytes.poll_shed(cx)) {
                     let status = shed_status();
                     call.take().expect("polled once").finish(&status);
                     return Poll::Ready(Ok(status_response(&status)));
@@ -295,70 +301,160 @@ where
     }
 }
 
-/// One line per call when it ends: debug when OK, warn otherwise; in-flight accounting and
-/// metrics.
-pub struct CallLog {
+/// One call, from its admission to its end, its concerns composed: what it holds in the budgets
+/// ([`CallBytes`]), its metrics ([`CallMetrics`], with the reply messages counted), its span,
+/// the in-flight count, and its end accounted once ([`Call::finish`], or its drop for a call
+/// that never finished: the client reset it, or shutdown's grace ran out).
+pub struct Call {
     /// The request's `:path`, shared with it rather than copied.
     method: PathAndQuery,
     started: Instant,
-    in_flight: Arc<InFlight>,
     finished: bool,
+    /// Raised if the client reset the call or dropped its connection.
+    gone: ClientGone,
+    _in_flight: InFlightCall,
     /// This call's metrics; `None` without `--metrics-addr` or for an unknown method.
     metrics: Option<CallMetrics>,
     /// Reply messages seen so far, for `grpc_server_msg_sent_total`.
     sent: Framing,
-    /// Where a call its client cancels is counted, and its reply bytes.
-    connection: Option<Arc<ConnectionState>>,
-    /// Reply bytes handed to the connection and not yet taken by it, held in its budget.
-    reply_held: usize,
-    /// Raised if the client reset the call or dropped its connection.
-    gone: ClientGone,
-    /// What the call itself costs, held in the connection's budget while it runs.
-    charged: usize,
     /// Its OpenTelemetry span, when tracing is on.
     span: Option<CallSpan>,
-    /// A streaming call's stake in the budgets, which the server may shed; `None` for unary
-    /// calls (and outside a server).
-    claim: Option<Arc<StreamClaim>>,
-    /// For a stream of replies, the largest so far, held in the budget for as long as the call
-    /// runs: tonic's encoder keeps a buffer that large between messages.
-    encoder_held: usize,
+    bytes: CallBytes,
 }
 
-impl CallLog {
+impl Call {
     fn start(
         uri: &http::Uri,
         in_flight: Arc<InFlight>,
         metrics: Option<CallMetrics>,
-        connection: Option<Arc<ConnectionState>>,
         gone: ClientGone,
         span: Option<CallSpan>,
-        claim: Option<Arc<StreamClaim>>,
+        bytes: CallBytes,
     ) -> Self {
-        in_flight.0.fetch_add(1, Ordering::Relaxed);
         Self {
             method: uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             started: Instant::now(),
-            in_flight,
             finished: false,
+            gone,
+            _in_flight: InFlightCall::new(in_flight),
             metrics,
             sent: Framing::default(),
-            connection,
-            reply_held: 0,
-            gone,
-            charged: 0,
             span,
+            bytes,
+        }
+    }
+
+    fn method(&self) -> &str {
+        self.method.path()
+    }
+
+    /// Counts the reply messages that begin in `data`.
+    fn sending(&mut self, data: &[u8]) {
+        if let Some(metrics) = &self.metrics
+            && let Ok(began) = self.sent.feed(data)
+        {
+            metrics.sent(began);
+        }
+    }
+
+    fn finish(mut self, status: &Status) {
+        self.finished = true;
+        // Whatever the handler made of a body that broke off, the client cancelled the call.
+        let gone;
+        let status = match self.gone.is_set() {
+            true => {
+                gone = client_went_away();
+                &gone
+            }
+            false => status,
+        };
+        self.ended(status.code(), status.message());
+        if let Some(span) = self.span.take() {
+            span.end(status.code(), status.message());
+        }
+    }
+
+    /// The metrics, the connection's count of cancelled calls and the log line of a call that
+    /// ended with `code`.
+    fn ended(&self, code: Code, message: &str) {
+        let lived = self.started.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.finish(code, lived.as_secs_f64());
+        }
+        if code == Code::Cancelled {
+            self.bytes.count_cancelled(lived);
+        }
+        let method = untrusted(self.method());
+        let duration_us = lived.as_micros() as u64;
+        let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
+        if code == Code::Ok {
+            debug!(method = %method, code = ?code, duration_us, trace_id, "call finished");
+        } else {
+            let message = untrusted(message);
+            warn!(method = %method, code = ?code, status_message = %message, duration_us, trace_id, "call failed");
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The reply never completed: the client went away, or shutdown's grace ran out.
+            // Its span, dropped with it, says CANCELLED too.
+            self.ended(Code::Cancelled, "the call ended before its reply");
+        }
+    }
+}
+
+/// One call counted in [`InFlight`] for as long as it lives.
+struct InFlightCall(Arc<InFlight>);
+
+impl InFlightCall {
+    fn new(in_flight: Arc<InFlight>) -> Self {
+        in_flight.0.fetch_add(1, Ordering::Relaxed);
+        Self(in_flight)
+    }
+}
+
+impl Drop for InFlightCall {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What one call holds in its connection's budget (and so its address's and the server's):
+/// its own cost while it runs, each reply until the connection takes it, and for a stream its
+/// claim, which the server may shed, with the largest reply so far (tonic's encoder keeps a
+/// buffer that large between messages). All given back when it is dropped. Outside a server
+/// (the fuzz targets) there is no connection, and it holds nothing.
+struct CallBytes {
+    connection: Option<Arc<ConnectionState>>,
+    /// What the call itself costs, held while it runs.
+    charged: usize,
+    /// Reply bytes handed to the connection and not yet taken by it.
+    reply_held: usize,
+    /// A streaming call's stake in the budgets; `None` for unary calls.
+    claim: Option<Arc<StreamClaim>>,
+    encoder_held: usize,
+}
+
+impl CallBytes {
+    fn new(connection: Option<Arc<ConnectionState>>, claim: Option<Arc<StreamClaim>>) -> Self {
+        Self {
+            connection,
+            charged: 0,
+            reply_held: 0,
             claim,
             encoder_held: 0,
         }
     }
 
-    /// Holds what the call costs besides its messages in the connection's budget (see
-    /// [`budget::call_cost`]), so the budgets bound thousands of quiet calls as they bound a few
-    /// large ones. A stream's cost is held through its claim, which shedding can take back.
+    /// Holds what the call costs besides its messages (see [`budget::call_cost`]), so the
+    /// budgets bound thousands of quiet calls as they bound a few large ones. A stream's cost is
+    /// held through its claim, which shedding can take back.
     fn charge(&mut self, one_message: bool) -> Result<(), Status> {
         let cost = budget::call_cost(one_message);
         match (&self.claim, &self.connection) {
@@ -382,8 +478,8 @@ impl CallLog {
         self.claim.is_none()
     }
 
-    /// Holds `bytes` of reply in the connection's budget until [`Self::release_reply`]: a client
-    /// that does not read its replies must not make the server keep them without limit.
+    /// Holds `bytes` of reply until [`Self::release_reply`]: a client that does not read its
+    /// replies must not make the server keep them without limit.
     fn hold_reply(&mut self, bytes: usize) -> Result<(), Status> {
         self.release_reply();
         if self.claim.is_none() && bytes <= budget::SMALL_UNARY_REPLY {
@@ -414,59 +510,16 @@ impl CallLog {
         }
     }
 
-    /// Counts the reply messages that begin in `data`.
-    fn sending(&mut self, data: &[u8]) {
-        if let Some(metrics) = &self.metrics {
-            metrics.sent(self.sent.feed(data));
-        }
-    }
-
-    fn method(&self) -> &str {
-        self.method.path()
-    }
-
-    fn finish(mut self, status: &Status) {
-        self.finished = true;
-        // Whatever the handler made of a body that broke off, the client cancelled the call.
-        let gone;
-        let status = match self.gone.is_set() {
-            true => {
-                gone = client_went_away();
-                &gone
-            }
-            false => status,
-        };
-        if let Some(metrics) = &self.metrics {
-            metrics.finish(status.code(), self.started.elapsed().as_secs_f64());
-        }
-        if status.code() == Code::Cancelled {
-            self.count_cancelled();
-        }
-        let (method, code) = (untrusted(self.method()), status.code());
-        let duration_us = self.started.elapsed().as_micros() as u64;
-        let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
-        if code == Code::Ok {
-            debug!(method = %method, code = ?code, duration_us, trace_id, "call finished");
-        } else {
-            let message = untrusted(status.message());
-            warn!(method = %method, code = ?code, status_message = %message, duration_us, trace_id, "call failed");
-        }
-        if let Some(span) = self.span.take() {
-            span.end(code, status.message());
-        }
-    }
-}
-
-impl CallLog {
-    /// Counts this call against its connection's budget of cancelled calls.
-    fn count_cancelled(&self) {
+    /// Counts a call cancelled `lived` after it started against its connection's budget of
+    /// cancelled calls (the rapid-reset defence).
+    fn count_cancelled(&self, lived: Duration) {
         if let Some(connection) = &self.connection {
-            connection.cancels.record(self.started.elapsed());
+            connection.cancels.record(lived);
         }
     }
 }
 
-impl Drop for CallLog {
+impl Drop for CallBytes {
     fn drop(&mut self) {
         self.release_reply();
         if let Some(connection) = &self.connection {
@@ -474,25 +527,6 @@ impl Drop for CallLog {
         }
         if let Some(claim) = &self.claim {
             claim.release();
-        }
-        self.in_flight.0.fetch_sub(1, Ordering::Relaxed);
-        if !self.finished {
-            if let Some(metrics) = &self.metrics {
-                metrics.finish(Code::Cancelled, self.started.elapsed().as_secs_f64());
-            }
-            self.count_cancelled();
-            // The reply never completed: the client went away, or shutdown's grace ran out.
-            let duration_us = self.started.elapsed().as_micros() as u64;
-            // Its span, dropped with it, says CANCELLED too.
-            let trace_id = self.span.as_ref().map(|span| display(span.trace_id()));
-            warn!(
-                method = %untrusted(self.method()),
-                code = ?Code::Cancelled,
-                status_message = "the call ended before its reply",
-                duration_us,
-                trace_id,
-                "call failed"
-            );
         }
     }
 }
@@ -503,7 +537,7 @@ pin_project_lite::pin_project! {
     struct LoggedBody {
         #[pin]
         inner: Body,
-        call: Option<CallLog>,
+        call: Option<Call>,
         // A unary reply's frame after its message (its trailers), read at once so that the
         // service's body, and the encoder buffers it keeps, go while the message waits for the
         // client's window.
@@ -526,8 +560,8 @@ impl HttpBody for LoggedBody {
         }
         if let Some(call) = this.call.as_mut() {
             // The connection polls again once it has taken the last frame.
-            call.release_reply();
-            if call.poll_shed(cx) {
+            call.bytes.release_reply();
+            if call.bytes.poll_shed(cx) {
                 let status = shed_status();
                 let trailers = status_trailers(&status);
                 this.call.take().expect("checked").finish(&status);
@@ -550,7 +584,7 @@ impl HttpBody for LoggedBody {
                 }
                 Err(data) => {
                     if let (Some(call), Some(bytes)) = (this.call.as_mut(), data.data_ref()) {
-                        if let Err(status) = call.hold_reply(bytes.len()) {
+                        if let Err(status) = call.bytes.hold_reply(bytes.len()) {
                             // Over the budget: the reply is dropped, the call ends here.
                             let trailers = status_trailers(&status);
                             if let Some(call) = this.call.take() {
@@ -559,7 +593,7 @@ impl HttpBody for LoggedBody {
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                         call.sending(bytes);
-                        if call.one_reply()
+                        if call.bytes.one_reply()
                             && let Poll::Ready(next) = this.inner.as_mut().poll_frame(cx)
                         {
                             *this.lookahead = Some(next);

@@ -128,3 +128,9 @@ impl ConfigError {
         matches!(self, Self::TooManyConnections { .. })
     }
 }
+
+/// Largest HTTP/1.1 request head, and so hyper's read buffer: what a peer that sends a head and
+/// never finishes it makes the server hold (with hyper's own state, about 20 KiB a connection).
+/// HTTP/2's header-list limit, the same for both protocols; longer heads get 431. hyper's
+/// default, about 400 KiB, let 1,000 stalled heads take 412 MiB.
+pub(super) const MAX_HTTP1_HEAD: usize = 16 * 1024;

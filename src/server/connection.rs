@@ -13,9 +13,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::telemetry::untrusted;
@@ -25,21 +24,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::server::budget::ByteBudget;
+use crate::server::config::MAX_HTTP1_HEAD;
+use crate::server::context::{ConnectionState, Idle};
 use crate::server::front::Fronts;
 use crate::server::http2::{self, Http2Error, Http2Settings};
 use crate::server::peers::PeerSlot;
-
-/// Largest HTTP/1.1 request head, and so hyper's read buffer: what a peer that sends a head and
-/// never finishes it makes the server hold (with hyper's own state, about 20 KiB a connection).
-/// HTTP/2's header-list limit, the same for both protocols; longer heads get 431. hyper's
-/// default, about 400 KiB, let 1,000 stalled heads take 412 MiB.
-pub(super) const MAX_HTTP1_HEAD: usize = 16 * 1024;
 
 /// Every HTTP/2 connection starts with these 24 bytes from the client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -73,145 +68,134 @@ impl ConnectionSettings {
         stream: TcpStream,
         slot: PeerSlot,
         fronts: Fronts,
-        mut drain: watch::Receiver<()>,
+        drain: watch::Receiver<()>,
     ) {
         let peer = stream.peer_addr().ok();
-        let state = Arc::new(ConnectionState {
-            peer,
-            cancels: CancelBudget::default(),
-            buffered: ByteBudget::within(
-                &slot.peer.budget,
-                self.max_buffered_bytes,
-                "--max-buffered-bytes-per-connection",
-            ),
-            active: AtomicBool::new(false),
-            _slot: slot,
-        });
-        let deadline = Instant::now() + self.handshake_timeout;
+        let buffered = ByteBudget::within(
+            &slot.peer.budget,
+            self.max_buffered_bytes,
+            "--max-buffered-bytes-per-connection",
+        );
+        let mut connection = Connection {
+            settings: &self,
+            fronts,
+            state: Arc::new(ConnectionState::new(peer, buffered, slot)),
+            drain,
+            deadline: Instant::now() + self.handshake_timeout,
+        };
         // Each protocol's future is boxed where it starts: inline, this task's future would be
         // as large as the largest of them all (TLS and HTTP/1.1 included, 35 KB), on every
         // connection, whatever it speaks. Boxed, an HTTP/2 connection holds only HTTP/2's.
         let result = match &self.tls {
-            None => Box::pin(self.serve_plain(stream, &fronts, &state, &mut drain, deadline)).await,
-            Some(acceptor) => {
-                Box::pin(self.serve_tls(acceptor, stream, &fronts, &state, &mut drain, deadline))
-                    .await
-            }
+            None => Box::pin(connection.serve_plain(stream)).await,
+            Some(acceptor) => Box::pin(connection.serve_tls(acceptor, stream)).await,
         };
         if let Err(ended) = result {
             ended.log(peer, self.handshake_timeout);
         }
     }
+}
 
+/// One connection being served: what each of its protocols needs.
+struct Connection<'a> {
+    settings: &'a ConnectionSettings,
+    fronts: Fronts,
+    state: Arc<ConnectionState>,
+    drain: watch::Receiver<()>,
+    /// When the TLS handshake and the first request bytes must have come.
+    deadline: Instant,
+}
+
+impl Connection<'_> {
     /// A TLS connection: the handshake, then the protocol ALPN named (or, without one, its
     /// first bytes).
-    async fn serve_tls(
-        &self,
-        acceptor: &TlsAcceptor,
-        stream: TcpStream,
-        fronts: &Fronts,
-        state: &Arc<ConnectionState>,
-        drain: &mut watch::Receiver<()>,
-        deadline: Instant,
-    ) -> Result<(), Ended> {
-        let stream = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+    async fn serve_tls(&mut self, acceptor: &TlsAcceptor, stream: TcpStream) -> Result<(), Ended> {
+        let stream = match tokio::time::timeout_at(self.deadline, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 // rustls's reasons can quote what the peer sent (a server name, say).
                 let error = error.to_string();
-                warn!(peer = ?state.peer, "TLS handshake failed: {}", untrusted(&error));
+                warn!(peer = ?self.state.peer, "TLS handshake failed: {}", untrusted(&error));
                 return Ok(());
             }
             Err(_) => return Err(Ended::NoHandshake),
         };
         match stream.get_ref().1.alpn_protocol() {
-            Some(b"h2") => Box::pin(self.serve_http2(stream, fronts, state, drain, deadline)).await,
-            Some(b"http/1.1") if self.http1 => {
-                Box::pin(self.serve_http1(stream, fronts, state, drain)).await
-            }
-            _ => Box::pin(self.serve_plain(stream, fronts, state, drain, deadline)).await,
+            Some(b"h2") => Box::pin(self.serve_http2(stream)).await,
+            Some(b"http/1.1") if self.settings.http1 => Box::pin(self.serve_http1(stream)).await,
+            _ => Box::pin(self.serve_plain(stream)).await,
         }
     }
 
     /// A connection whose protocol its first bytes tell: the HTTP/2 preface, or (with gRPC-Web
     /// on) anything else for HTTP/1.1.
-    async fn serve_plain<I>(
-        &self,
-        mut io: I,
-        fronts: &Fronts,
-        state: &Arc<ConnectionState>,
-        drain: &mut watch::Receiver<()>,
-        deadline: Instant,
-    ) -> Result<(), Ended>
+    async fn serve_plain<I>(&mut self, mut io: I) -> Result<(), Ended>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        if !self.http1 {
+        if !self.settings.http1 {
             // HTTP/2 only: h2 answers anything else with its SETTINGS and a GOAWAY.
-            return Box::pin(self.serve_http2(io, fronts, state, drain, deadline)).await;
+            return Box::pin(self.serve_http2(io)).await;
         }
-        let (head, is_http2) = tokio::time::timeout_at(deadline, sniff(&mut io))
+        let (head, is_http2) = tokio::time::timeout_at(self.deadline, sniff(&mut io))
             .await
             .map_err(|_| Ended::NoHandshake)?
             .map_err(Ended::Io)?;
         let io = Rewind::new(head, io);
         if is_http2 {
-            Box::pin(self.serve_http2(io, fronts, state, drain, deadline)).await
+            Box::pin(self.serve_http2(io)).await
         } else {
-            Box::pin(self.serve_http1(io, fronts, state, drain)).await
+            Box::pin(self.serve_http1(io)).await
         }
     }
 
-    async fn serve_http2<I>(
-        &self,
-        io: I,
-        fronts: &Fronts,
-        state: &Arc<ConnectionState>,
-        drain: &mut watch::Receiver<()>,
-        deadline: Instant,
-    ) -> Result<(), Ended>
+    async fn serve_http2<I>(&mut self, io: I) -> Result<(), Ended>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let service = fronts.http2(state);
-        let idle = Idle::new(&state.active, self.idle_timeout);
-        http2::serve(io, service, &self.http2, state, idle, drain, deadline)
-            .await
-            .map_err(Ended::Http2)
+        let service = self.fronts.http2(&self.state);
+        let idle = Idle::new(&self.state, self.settings.idle_timeout);
+        let (http2, deadline) = (&self.settings.http2, self.deadline);
+        http2::serve(
+            io,
+            service,
+            http2,
+            &self.state,
+            idle,
+            &mut self.drain,
+            deadline,
+        )
+        .await
+        .map_err(Ended::Http2)
     }
 
     /// HTTP/1.1 with hyper: a deadline on each request head (slowly sent, or awaited between
     /// requests), the idle timeout over the calls, and a graceful close on drain.
-    async fn serve_http1<I>(
-        &self,
-        io: I,
-        fronts: &Fronts,
-        state: &Arc<ConnectionState>,
-        drain: &mut watch::Receiver<()>,
-    ) -> Result<(), Ended>
+    async fn serve_http1<I>(&mut self, io: I) -> Result<(), Ended>
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let service = TowerToHyperService::new(fronts.http1(state));
+        let head_timeout = self.settings.stall_timeout;
+        let service = TowerToHyperService::new(self.fronts.http1(&self.state));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(self.stall_timeout)
+            .header_read_timeout(head_timeout)
             .max_buf_size(MAX_HTTP1_HEAD);
         let mut connection = pin!(builder.serve_connection(TokioIo::new(io), service));
-        let mut idle = Idle::new(&state.active, self.idle_timeout);
+        let mut idle = Idle::new(&self.state, self.settings.idle_timeout);
         let mut closing = false;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
-                    return result.map_err(|error| Ended::Http1(error, self.stall_timeout));
+                    return result.map_err(|error| Ended::Http1(error, head_timeout));
                 }
-                _ = drain.changed(), if !closing => {
+                _ = self.drain.changed(), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
                 () = std::future::poll_fn(|cx| idle.poll_idle(cx)) => {
-                    debug!(peer = ?state.peer, "closed an HTTP/1.1 connection on which no call made progress for {:?}", idle.timeout());
+                    debug!(peer = ?self.state.peer, "closed an HTTP/1.1 connection on which no call made progress for {:?}", idle.timeout());
                     return Ok(());
                 }
             }
@@ -297,76 +281,6 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 }
 
-/// What one connection's calls share: set up when it is accepted, read by the middleware of
-/// each call on it.
-#[derive(Debug)]
-pub struct ConnectionState {
-    /// The client's address, for log lines.
-    pub peer: Option<SocketAddr>,
-    /// Calls its client cancelled: the rapid-reset defence.
-    pub cancels: CancelBudget,
-    /// Bytes its calls hold.
-    pub buffered: Arc<ByteBudget>,
-    /// Set whenever one of its calls makes progress; cleared by [`Idle`].
-    active: AtomicBool,
-    /// Its place in its client address's share, held while it is open.
-    _slot: PeerSlot,
-}
-
-impl ConnectionState {
-    /// A call on this connection moved: began, or had request or reply bytes go through.
-    pub fn progressed(&self) {
-        // Read first: a store to a line every core shares would bounce it at every call.
-        if !self.active.load(Ordering::Relaxed) {
-            self.active.store(true, Ordering::Relaxed);
-        }
-    }
-}
-
-/// Watches a connection for `timeout` without progress, in quarters: each quarter with no
-/// progress counts, any progress starts over. Costs one relaxed load per quarter.
-pub(super) struct Idle<'a> {
-    active: &'a AtomicBool,
-    timeout: Option<Duration>,
-    timer: Pin<Box<Sleep>>,
-    quiet_quarters: u32,
-}
-
-impl<'a> Idle<'a> {
-    fn new(active: &'a AtomicBool, timeout: Option<Duration>) -> Self {
-        let quarter = timeout.map_or(Duration::MAX, |timeout| timeout / 4);
-        Self {
-            active,
-            timeout,
-            timer: Box::pin(tokio::time::sleep(quarter)),
-            quiet_quarters: 0,
-        }
-    }
-
-    pub(super) fn timeout(&self) -> Duration {
-        self.timeout.unwrap_or(Duration::MAX)
-    }
-
-    /// Ready once no call made progress for the whole timeout; never without one.
-    pub(super) fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(timeout) = self.timeout else {
-            return Poll::Pending;
-        };
-        loop {
-            ready!(self.timer.as_mut().poll(cx));
-            self.timer.as_mut().reset(Instant::now() + timeout / 4);
-            if self.active.swap(false, Ordering::Relaxed) {
-                self.quiet_quarters = 0;
-                continue;
-            }
-            self.quiet_quarters += 1;
-            if self.quiet_quarters >= 4 {
-                return Poll::Ready(());
-            }
-        }
-    }
-}
-
 /// How a connection ended, when that deserves a word in the log.
 enum Ended {
     /// No TLS handshake or first request bytes before the handshake deadline.
@@ -409,62 +323,6 @@ impl Ended {
     }
 }
 
-/// Calls one connection's client may cancel, each within [`RAPID_CANCEL`] of its start, within
-/// [`CANCEL_WINDOW`] before the connection is closed with GOAWAY ENHANCE_YOUR_CALM. Thousands a
-/// second is the "rapid reset" attack, which h2's own check (reset streams still waiting to be
-/// accepted) only catches when the server is slower than the flood.
-const MAX_CANCELLED_CALLS: u32 = 1000;
-
-/// Only calls cancelled this soon count: a client gives up on a call now and then (its deadline,
-/// a person leaving), rarely within milliseconds of making it, while a flood resets each stream
-/// at once. A peer that waits longer before each reset holds the stream meanwhile, so the stream
-/// limit bounds it like any busy client.
-const RAPID_CANCEL: Duration = Duration::from_millis(10);
-
-/// The window [`MAX_CANCELLED_CALLS`] is counted over.
-const CANCEL_WINDOW: Duration = Duration::from_secs(10);
-
-/// The budget, in words, for log lines.
-pub(super) const CANCEL_BUDGET_DESCRIPTION: &str =
-    "more than 1000 calls in 10 s, each within 10 ms of making it (a rapid-reset flood?)";
-
-/// Calls cancelled by one connection's client: the middleware records them, the connection
-/// closes itself when the budget is spent.
-#[derive(Debug, Default)]
-pub struct CancelBudget {
-    /// Start of the current window, and calls cancelled in it.
-    window: Mutex<Option<(Instant, u32)>>,
-    /// Woken when the budget is spent.
-    spent: Notify,
-}
-
-impl CancelBudget {
-    /// Counts one call the client cancelled before it finished, `lived` after it started.
-    pub fn record(&self, lived: Duration) {
-        if lived >= RAPID_CANCEL {
-            return;
-        }
-        let now = Instant::now();
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (started, cancelled) = match *window {
-            Some((started, cancelled)) if now - started < CANCEL_WINDOW => (started, cancelled + 1),
-            _ => (now, 1),
-        };
-        *window = Some((started, cancelled));
-        if cancelled == MAX_CANCELLED_CALLS + 1 {
-            self.spent.notify_one();
-        }
-    }
-
-    /// Completes once more calls than the budget allows were cancelled in one window.
-    pub async fn exhausted(&self) {
-        self.spent.notified().await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,16 +358,5 @@ mod tests {
             tokio::join!(async { sniff(&mut server).await.unwrap() }, write);
         assert!(is_http2);
         assert_eq!(&head[..], H2_PREFACE);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_is_idle_after_four_quiet_quarters() {
-        let active = AtomicBool::new(false);
-        let mut idle = Idle::new(&active, Some(Duration::from_secs(4)));
-        let started = Instant::now();
-        // Progress in the first quarter starts the count over.
-        active.store(true, Ordering::Relaxed);
-        std::future::poll_fn(|cx| idle.poll_idle(cx)).await;
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }

@@ -12,14 +12,15 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+
+use crate::server::context::WindowedCount;
 
 /// Control frames a connection may send in a window besides [`PER_CALL_FRAME`] for each frame
 /// of its calls: ten times what a busy grpc-js client with a 1 s keepalive sends.
@@ -50,8 +51,8 @@ const ACK: u8 = 0x1;
 /// One connection's count, shared by its two directions and its loop.
 #[derive(Debug, Default)]
 pub(super) struct ControlFrames {
-    /// The current window's start, and control frames in it: taken only for control frames.
-    window: Mutex<Option<(Instant, u32)>>,
+    /// Control frames in the current window: its lock is taken only for control frames.
+    control: WindowedCount,
     /// Frames of calls in the current window: counted on every read and write, without a lock.
     calls: AtomicU32,
     flooded: AtomicBool,
@@ -72,20 +73,10 @@ impl ControlFrames {
         if control == 0 || self.flooded.load(Ordering::Relaxed) {
             return;
         }
-        let now = Instant::now();
-        let mut window = self
-            .window
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let (start, sent) = match *window {
-            Some((start, sent)) if now - start < WINDOW => (start, sent + control),
-            Some(_) => {
-                self.calls.store(0, Ordering::Relaxed);
-                (now, control)
-            }
-            None => (now, control),
-        };
-        *window = Some((start, sent));
+        let (sent, restarted) = self.control.add(control, WINDOW);
+        if restarted {
+            self.calls.store(0, Ordering::Relaxed);
+        }
         let calls = self.calls.load(Ordering::Relaxed);
         if sent > FREE_CONTROL_FRAMES.saturating_add(calls.saturating_mul(PER_CALL_FRAME)) {
             self.flooded.store(true, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Request, Response};
+use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Sleep;
 use tonic::Status;
@@ -17,8 +17,7 @@ use tonic::body::Body;
 use tower::Service;
 
 use crate::grpc::status::{status_response, status_trailers};
-
-const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+use crate::grpc::timeout;
 
 /// Holds each call to the deadline its caller set, if any.
 #[derive(Debug, Clone)]
@@ -45,7 +44,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match grpc_timeout(request.headers()) {
+        match timeout::read(request.headers()) {
             Ok(None) => DeadlineFuture::Open {
                 reply: self.inner.call(request),
             },
@@ -156,61 +155,4 @@ impl HttpBody for DeadlineBody {
 
 fn exceeded(deadline: Duration) -> Status {
     Status::deadline_exceeded(format!("deadline of {deadline:?} (grpc-timeout) exceeded"))
-}
-
-/// The caller's deadline from `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
-fn grpc_timeout(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
-    let Some(value) = headers.get(GRPC_TIMEOUT) else {
-        return Ok(None);
-    };
-    let invalid = || Status::invalid_argument(format!("malformed grpc-timeout {value:?}"));
-    let text = value.to_str().map_err(|_| invalid())?;
-    if text.len() < 2 || text.len() > 9 {
-        return Err(invalid());
-    }
-    let (amount, unit) = text.split_at(text.len() - 1);
-    let amount: u64 = amount.parse().map_err(|_| invalid())?;
-    let duration = match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return Err(invalid()),
-    };
-    Ok(Some(duration))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-    use tonic::Code;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let timeout = |value| {
-            let mut headers = HeaderMap::new();
-            headers.insert(GRPC_TIMEOUT, HeaderValue::from_static(value));
-            grpc_timeout(&headers)
-        };
-        assert_eq!(timeout("1H").unwrap(), Some(Duration::from_secs(3600)));
-        assert_eq!(timeout("2M").unwrap(), Some(Duration::from_secs(120)));
-        assert_eq!(timeout("3S").unwrap(), Some(Duration::from_secs(3)));
-        assert_eq!(timeout("250m").unwrap(), Some(Duration::from_millis(250)));
-        assert_eq!(
-            timeout("99999999u").unwrap(),
-            Some(Duration::from_micros(99_999_999))
-        );
-        assert_eq!(timeout("5n").unwrap(), Some(Duration::from_nanos(5)));
-        for bad in ["", "S", "10", "1x", "-1S", "123456789S"] {
-            assert_eq!(
-                timeout(bad).unwrap_err().code(),
-                Code::InvalidArgument,
-                "{bad:?}"
-            );
-        }
-        assert_eq!(grpc_timeout(&HeaderMap::new()).unwrap(), None);
-    }
 }

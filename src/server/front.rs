@@ -20,12 +20,11 @@ use tonic_web::{GrpcWebLayer, GrpcWebService};
 use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{Cors, CorsLayer};
 
-use crate::grpc::is_grpc;
 use crate::grpc::status::status_response;
-use crate::server::CallStack;
-use crate::server::connection::ConnectionState;
-use crate::server::request_body::ClientGone;
-use crate::server::web::{WebSettings, cors, is_grpc_web, page, status};
+use crate::grpc::{is_grpc, is_grpc_web};
+use crate::server::context::{ClientGone, ConnectionState};
+use crate::server::stack::CallStack;
+use crate::server::web::{WebSettings, cors, page, status};
 
 /// What every connection is served with: the call stack (middleware, fast path, tonic's router)
 /// for native gRPC and, when gRPC-Web is on, for gRPC-Web behind its translation and CORS.
@@ -146,7 +145,7 @@ where
         let Some(web) = &self.web else {
             return Either::Left(self.native.call(request));
         };
-        let to_web = is_grpc_web(&request) || request.method() == Method::OPTIONS;
+        let to_web = is_grpc_web(request.headers()) || request.method() == Method::OPTIONS;
         let to_page = request.method() == Method::GET || request.method() == Method::HEAD;
         if to_web {
             let web = Cors::clone(web);

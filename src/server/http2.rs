@@ -29,7 +29,7 @@ use tonic::body::Body;
 use tower::Service;
 use tracing::{debug, warn};
 
-use crate::server::connection::{ConnectionState, Idle};
+use crate::server::context::{CANCEL_BUDGET_DESCRIPTION, ConnectionState, Idle};
 use crate::server::control_frames::{CONTROL_FLOOD_DESCRIPTION, ControlFrames, Watched};
 
 /// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
@@ -114,7 +114,7 @@ pub(super) async fn serve<I, S>(
 ) -> Result<(), Http2Error>
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<H2Body>, Response = Response<Body>, Error = Infallible>,
 {
     let control_frames = Arc::new(ControlFrames::default());
     let io = Watched::new(io, control_frames.clone());
@@ -150,7 +150,7 @@ where
                     }
                     match connection.poll_accept(cx) {
                         Poll::Ready(Some(Ok((request, respond)))) => {
-                            let request = request.map(|recv| RequestBody {
+                            let request = request.map(|recv| H2Body {
                                 recv,
                                 data_done: false,
                             });
@@ -203,7 +203,7 @@ where
                 warn!(
                     peer = ?state.peer,
                     "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client cancelled {}",
-                    crate::server::connection::CANCEL_BUDGET_DESCRIPTION
+                    CANCEL_BUDGET_DESCRIPTION
                 );
                 return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
             }
@@ -409,12 +409,12 @@ async fn write_body(body: Body, mut send: SendStream<Bytes>) {
 
 /// A request body read from an h2 stream. Each chunk's flow-control window is given back as the
 /// chunk is handed over: what the service holds from there is its own to count.
-pub(super) struct RequestBody {
+pub(super) struct H2Body {
     recv: RecvStream,
     data_done: bool,
 }
 
-impl HttpBody for RequestBody {
+impl HttpBody for H2Body {
     type Data = Bytes;
     type Error = h2::Error;
 
@@ -450,9 +450,9 @@ impl HttpBody for RequestBody {
     }
 }
 
-impl std::fmt::Debug for RequestBody {
+impl std::fmt::Debug for H2Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestBody")
+        f.debug_struct("H2Body")
             .field("stream", &self.recv.stream_id())
             .finish()
     }

@@ -9,8 +9,9 @@
 //!    client address has not used up its share of connections, and gives it that address's
 //!    byte budget to draw on.
 //! 2. `connection.rs`: the TLS handshake, then the protocol (ALPN, or the first bytes): HTTP/2,
-//!    or HTTP/1.1 (hyper) when gRPC-Web is on; the connection's state (cancelled calls, bytes
-//!    held, progress) and its idle timer.
+//!    or HTTP/1.1 (hyper) when gRPC-Web is on. What the connection and its calls share
+//!    (cancelled calls, bytes held, progress for its idle timer, a client gone) is
+//!    `context.rs`, at the bottom: every layer above reports to it, and it imports none of them.
 //! 3. `http2.rs`: the connection loop runs each new stream's call in the connection's own task
 //!    (no task per stream), drops the call if the client resets the stream, and writes the
 //!    reply within the peer's window; `control_frames.rs` counts the frames going through and
@@ -28,7 +29,8 @@
 //!    router: FormatData behind `auth.rs`'s bearer check, then `crate::service`; health;
 //!    reflection.
 //!
-//! `config.rs` holds the settings, `shutdown.rs` the signals the binary stops on.
+//! Steps 5 to 7 are assembled in `stack.rs`, outside in. `config.rs` holds the settings,
+//! `shutdown.rs` the signals the binary stops on.
 
 mod auth;
 mod budget;
@@ -36,6 +38,7 @@ mod call;
 mod compress;
 mod config;
 mod connection;
+mod context;
 mod control_frames;
 mod deadline;
 mod fast_path;
@@ -46,6 +49,7 @@ mod metrics;
 mod peers;
 mod request_body;
 mod shutdown;
+mod stack;
 mod web;
 
 use std::future::Future;
@@ -58,28 +62,19 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tonic::codec::CompressionEncoding;
-use tonic::service::Routes;
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
-use tower::Layer;
 use tracing::{error, info, warn};
 
-use crate::grpc::methods;
 use crate::otel::{Tracing, TracingError};
 use crate::pb::format_data_server::FormatDataServer;
-use crate::runtime;
-use crate::server::auth::RequireBearer;
 use crate::server::budget::{ByteBudget, SheddableStreams};
-use crate::server::call::{Calls, CallsLayer, InFlight};
+use crate::server::call::{CallsLayer, InFlight};
 use crate::server::connection::ConnectionSettings;
-use crate::server::deadline::Deadlines;
-use crate::server::fast_path::FastPath;
 use crate::server::front::Fronts;
 use crate::server::http2::Http2Settings;
 use crate::server::listen::{Acceptor, DescriptorLimit};
 use crate::server::peers::Peers;
+use crate::server::stack::{http_service, routes};
 use crate::server::web::WebSettings;
 
 pub use crate::grpc::compression::ReplyCompression;
@@ -89,6 +84,7 @@ use crate::tls;
 pub use config::{ConfigError, ServerConfig, TlsFiles};
 pub use listen::{BindError, Listeners};
 pub use shutdown::signal as shutdown_signal;
+pub use stack::{CallStack, call_stack};
 
 /// A server ready to serve: its settings checked, its TLS files read, its connection cap
 /// resolved against the open-file limit, before anything is bound.
@@ -98,6 +94,8 @@ pub struct Server {
     tls: Option<tokio_rustls::rustls::ServerConfig>,
     /// Connections served at once.
     max_connections: usize,
+    /// Run each time the last connection closes; see [`Server::when_idle`].
+    when_idle: Option<fn()>,
 }
 
 impl Server {
@@ -127,7 +125,17 @@ impl Server {
             config,
             tls,
             max_connections,
+            when_idle: None,
         })
+    }
+
+    /// Has `hook` run each time the last connection closes: the moment for a process to give
+    /// memory back, as the server binary has its allocator do (`runtime::sweep_workers`).
+    pub fn when_idle(self, hook: fn()) -> Self {
+        Self {
+            when_idle: Some(hook),
+            ..self
+        }
     }
 }
 
@@ -157,6 +165,7 @@ impl Server {
             config,
             tls,
             max_connections,
+            when_idle,
         } = self;
         let (health, routes) = routes(&config).await?;
         let in_flight = Arc::new(InFlight::default());
@@ -220,8 +229,8 @@ impl Server {
                     if let Err(error) = finished {
                         error!("a connection task failed: {error}");
                     }
-                    if connections.is_empty() {
-                        runtime::sweep_workers();
+                    if let Some(when_idle) = when_idle.filter(|_| connections.is_empty()) {
+                        when_idle();
                     }
                     continue;
                 }
@@ -283,41 +292,6 @@ impl Server {
     }
 }
 
-/// tonic's router over FormatData, health (reporting SERVING) and reflection, and the reporter
-/// that sets what health says.
-async fn routes(config: &ServerConfig) -> Result<(HealthReporter, Routes), ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<FormatDataServer<FormatDataService>>()
-        .await;
-    let routes = Routes::new(health_service)
-        .add_service(format_data(config))
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?)
-        .prepare();
-    Ok((health, routes))
-}
-
-/// What every call goes through: the per-call middleware, the caller's deadline, the fast path,
-/// then tonic's router.
-pub type CallStack = Calls<Deadlines<FastPath<Routes>>>;
-
-/// The stack every call goes through, as `config` sets it up, with no socket, no connection and
-/// no metrics: it takes requests with any body, so the fuzz targets drive it directly.
-pub async fn call_stack(config: &ServerConfig) -> Result<CallStack, ServeError> {
-    let (_health, routes) = routes(config).await?;
-    Ok(http_service(routes, CallsLayer::default(), config))
-}
-
-/// The call stack over `routes`, with `calls` accounting for the calls.
-fn http_service(routes: Routes, calls: CallsLayer, config: &ServerConfig) -> CallStack {
-    calls.layer(Deadlines::new(FastPath::new(
-        routes,
-        config.auth_token.is_none(),
-        config.max_message_bytes,
-    )))
-}
-
 /// Binds the metrics endpoint and serves it in the background.
 async fn serve_metrics(
     addr: SocketAddr,
@@ -334,30 +308,6 @@ async fn serve_metrics(
         head_timeout,
     ));
     Ok((metrics, endpoint))
-}
-
-/// The FormatData service with its limits, compression and authentication.
-fn format_data(
-    config: &ServerConfig,
-) -> InterceptedService<FormatDataServer<FormatDataService>, RequireBearer> {
-    // No encoding limit here: the service holds replies to the limit before compression
-    // (`service::format`), as the fast path does. Replies are compressed after the services,
-    // for every path alike (`compress.rs`); tonic only decompresses requests.
-    let server = FormatDataServer::new(FormatDataService {
-        max_message_bytes: config.max_message_bytes,
-    })
-    .max_decoding_message_size(config.max_message_bytes)
-    .accept_compressed(CompressionEncoding::Gzip)
-    .accept_compressed(CompressionEncoding::Zstd);
-    InterceptedService::new(server, RequireBearer::new(config.auth_token.as_deref()))
-}
-
-/// gRPC reflection over everything served: our `proto/` and the health service.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    methods::REFLECTED.iter().fold(
-        tonic_reflection::server::Builder::configure(),
-        |builder, set| builder.register_encoded_file_descriptor_set(set),
-    )
 }
 
 /// What browsers get: gRPC-Web when asked for, when `--cors-origin` names pages that will call,

@@ -75,14 +75,6 @@ pub(super) fn cors(origins: &[HeaderValue]) -> CorsLayer {
         .max_age(PREFLIGHT_MAX_AGE)
 }
 
-/// gRPC-Web's content types: `application/grpc-web`, `-web+proto`, `-web-text`, ...
-pub(super) fn is_grpc_web<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"))
-}
-
 /// A playground file, or 404 (also for everything when the playground is off).
 pub(super) fn page<B>(request: &Request<B>, playground: bool) -> Response<Body> {
     let found = PAGES
