@@ -39,6 +39,18 @@ impl RawReply {
         Code::from_bytes(value.as_bytes())
     }
 
+    /// Asserts that the call ended with `code`, and a message that says `words` (in any case;
+    /// "" for any message).
+    #[track_caller]
+    pub fn assert_status(&self, code: Code, words: &str) {
+        let message = self.message();
+        assert_eq!(self.code(), code, "status message: {message:?}");
+        assert!(
+            message.to_lowercase().contains(&words.to_lowercase()),
+            "{code:?}'s message {message:?} does not say {words:?}"
+        );
+    }
+
     /// grpc-message, percent-decoded.
     pub fn message(&self) -> String {
         let value = self
