@@ -121,18 +121,7 @@ pub(crate) fn reply_encoding(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(name, value)| {
-                (
-                    http::HeaderName::from_static(name),
-                    http::HeaderValue::from_static(value),
-                )
-            })
-            .collect()
-    }
+    use crate::grpc::test_headers as headers;
 
     #[test]
     fn grpcio_s_accept_list_alone_asks_for_nothing_by_default() {

@@ -259,23 +259,15 @@ mod tests {
                 .unwrap_err()
                 .status
         };
-        assert_eq!(
-            refused(&[2, 0, 0, 0, 1]).code(),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(
-            refused(&[1, 0, 0, 0, 1]).code(),
-            tonic::Code::InvalidArgument
-        );
-        assert_eq!(
-            refused(&[0, 0, 0, 0, 11]).code(),
-            tonic::Code::ResourceExhausted
-        );
         // A bad flag is blamed whatever length follows.
-        assert_eq!(
-            refused(&[7, 255, 255, 255, 255]).code(),
-            tonic::Code::InvalidArgument
-        );
+        for (prefix, code) in [
+            ([2, 0, 0, 0, 1], tonic::Code::InvalidArgument),
+            ([1, 0, 0, 0, 1], tonic::Code::InvalidArgument),
+            ([0, 0, 0, 0, 11], tonic::Code::ResourceExhausted),
+            ([7, 255, 255, 255, 255], tonic::Code::InvalidArgument),
+        ] {
+            assert_eq!(refused(&prefix).code(), code, "{prefix:?}");
+        }
         let mut encoded = Framing::admitting(Admission {
             encoded: true,
             ..admission

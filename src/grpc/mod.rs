@@ -64,17 +64,27 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with(';'))
 }
 
+/// A header map of `pairs`, for tests.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    pairs
+        .iter()
+        .map(|(name, value)| {
+            (
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn grpc_content_types() {
-        let is = |value| {
-            let mut headers = HeaderMap::new();
-            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(value));
-            is_grpc(&headers)
-        };
+        let is = |value| is_grpc(&test_headers(&[("content-type", value)]));
         assert!(is("application/grpc"));
         assert!(is("application/grpc+proto"));
         assert!(is("application/grpc;charset=utf-8"));

@@ -155,18 +155,7 @@ pub(crate) fn go_code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(name, value)| {
-                (
-                    HeaderName::from_static(name),
-                    HeaderValue::from_static(value),
-                )
-            })
-            .collect()
-    }
+    use crate::grpc::test_headers as headers;
 
     #[test]
     fn codes_pass_unchanged_and_an_unknown_method_is_named() {

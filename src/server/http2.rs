@@ -199,19 +199,14 @@ where
                 closing = true;
                 connection.graceful_shutdown();
             }
-            Event::Abuse => {
+            Event::Abuse | Event::ControlFlood => {
+                let (verb, abuse) = match event {
+                    Event::Abuse => ("cancelled ", CANCEL_BUDGET_DESCRIPTION),
+                    _ => ("", CONTROL_FLOOD_DESCRIPTION),
+                };
                 warn!(
                     peer = ?state.peer,
-                    "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client cancelled {}",
-                    CANCEL_BUDGET_DESCRIPTION
-                );
-                return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
-            }
-            Event::ControlFlood => {
-                warn!(
-                    peer = ?state.peer,
-                    "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client {}",
-                    CONTROL_FLOOD_DESCRIPTION
+                    "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client {verb}{abuse}"
                 );
                 return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
             }

@@ -90,13 +90,7 @@ async fn stream_messages_are_counted_one_by_one() {
     let requests = (0..250).map(|n| Data {
         text: format!("message {n}"),
     });
-    let mut replies = app
-        .client()
-        .await
-        .do_format_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = app.stream(requests).await;
     while replies.message().await.unwrap().is_some() {}
 
     let text = scrape(port).await;

@@ -35,13 +35,7 @@ async fn every_message_gets_its_reply_in_order() {
     let app = spawn_app().await;
     let requests = (0..10_000).map(|n| data(format!("message {n} ß")));
 
-    let mut replies = app
-        .client()
-        .await
-        .do_format_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = app.stream(requests).await;
 
     let mut count = 0;
     while let Some(reply) = replies.message().await.unwrap() {
@@ -95,7 +89,7 @@ async fn a_stream_open_when_shutdown_begins_keeps_working_until_half_close() {
 }
 
 #[tokio::test]
-async fn a_bad_message_ends_the_stream_with_invalid_argument() {
+async fn a_message_over_the_limit_ends_the_stream_after_the_replies_before_it() {
     let app = spawn_app_with(ServerConfig {
         max_message_bytes: 100,
         ..ServerConfig::default()
@@ -103,13 +97,7 @@ async fn a_bad_message_ends_the_stream_with_invalid_argument() {
     .await;
     let requests = vec![data("fine"), data("x".repeat(1_000)), data("never read")];
 
-    let mut replies = app
-        .client()
-        .await
-        .do_format_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut replies = app.stream(requests).await;
 
     assert_eq!(replies.message().await.unwrap().unwrap().text, "FINE");
     let error = replies.message().await.unwrap_err();
@@ -165,6 +153,17 @@ fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
     })
 }
 
+/// `client --stream` against `server`, its stdin, stdout and stderr piped.
+fn stream_client(server: &ServerProcess) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--addr", &server.addr(), "--stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn client_stream_is_a_pipeline_with_bounded_memory() {
     let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
@@ -172,13 +171,7 @@ fn client_stream_is_a_pipeline_with_bounded_memory() {
     let mut input = line.repeat(300_000); // ~20 MB
     input.push_str("last line without newline ß");
 
-    let mut client = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(["--addr", &server.addr(), "--stream"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = stream_client(&server);
     let client_rss = watch_peak_rss(client.id());
     let mut stdin = client.stdin.take().unwrap();
     let writer = {
@@ -216,13 +209,7 @@ fn client_stream_is_a_pipeline_with_bounded_memory() {
 #[test]
 fn client_stream_rejects_input_that_is_not_utf8() {
     let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
-    let mut client = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(["--addr", &server.addr(), "--stream"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = stream_client(&server);
     client
         .stdin
         .take()

@@ -4,10 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use formatdata::pb::Data;
 use formatdata::pb::format_data_client::FormatDataClient;
 use formatdata::server::{Listeners, ServeError, Server, ServerConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 /// A server running inside the test process, on 127.0.0.1 and a port the OS picked.
@@ -46,6 +48,17 @@ impl TestApp {
         FormatDataClient::connect(format!("http://{}", self.addr))
             .await
             .expect("connect to the test server")
+    }
+
+    /// `DoFormatStream` over a new connection, sending `requests`: the stream of replies.
+    pub async fn stream(&self, requests: impl IntoIterator<Item = Data>) -> Streaming<Data> {
+        let requests: Vec<Data> = requests.into_iter().collect();
+        self.client()
+            .await
+            .do_format_stream(tokio_stream::iter(requests))
+            .await
+            .expect("the stream starts")
+            .into_inner()
     }
 
     /// A plain HTTP/2 channel to the server, for stubs other than FormatData.
