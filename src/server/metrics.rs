@@ -2,7 +2,7 @@
 //! dashboards expect, plus the process's own (CPU, memory, file descriptors). Off unless
 //! `--metrics-addr` is given; then served as text at `http://ADDR/metrics`.
 //!
-//! [`crate::server::call`] records each call; this module owns the registry and the endpoint.
+//! [`crate::server::calls::call`] records each call; this module owns the registry and the endpoint.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use crate::grpc::methods::{self, Method};
 use crate::grpc::status::go_code_name;
 use crate::server::config::MAX_HTTP1_HEAD;
-use crate::server::listen::Acceptor;
+use crate::server::transport::listen::Acceptor;
 
 /// Connections the endpoint serves at once: scrapers are few.
 pub(super) const MAX_METRICS_CONNECTIONS: usize = 32;

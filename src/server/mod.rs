@@ -4,6 +4,9 @@
 //!
 //! # One call, in order
 //!
+//! Steps 1 to 3 are `transport/`, 4 to 7 `calls/`; both stand on `context.rs`, `peers.rs` and
+//! `budget.rs`.
+//!
 //! 1. `listen.rs`: the accept loop takes the connection, if fewer than `--max-connections` are
 //!    open (otherwise the peer waits in the kernel's backlog); `peers.rs` lets it in if its
 //!    client address has not used up its share of connections, and gives it that address's
@@ -32,25 +35,14 @@
 //! Steps 5 to 7 are assembled in `stack.rs`, outside in. `config.rs` holds the settings,
 //! `shutdown.rs` the signals the binary stops on.
 
-mod auth;
 mod budget;
-mod call;
-mod compress;
+mod calls;
 mod config;
-mod connection;
 mod context;
-mod control_frames;
-mod deadline;
-mod fast_path;
-mod front;
-mod http2;
-mod listen;
 mod metrics;
 mod peers;
-mod request_body;
-mod shutdown;
 mod stack;
-mod web;
+mod transport;
 
 use std::future::Future;
 use std::io;
@@ -68,23 +60,24 @@ use tracing::{error, info, warn};
 use crate::otel::{Tracing, TracingError};
 use crate::pb::format_data_server::FormatDataServer;
 use crate::server::budget::{ByteBudget, SheddableStreams};
-use crate::server::call::{CallsLayer, InFlight};
-use crate::server::connection::ConnectionSettings;
-use crate::server::front::Fronts;
-use crate::server::http2::Http2Settings;
-use crate::server::listen::{Acceptor, DescriptorLimit};
+use crate::server::calls::call::{CallsLayer, InFlight};
+use crate::server::calls::front::Fronts;
+use crate::server::calls::web::WebSettings;
 use crate::server::peers::Peers;
 use crate::server::stack::{http_service, routes};
-use crate::server::web::WebSettings;
+use crate::server::transport::connection::ConnectionSettings;
+use crate::server::transport::http2::Http2Settings;
+use crate::server::transport::listen::{Acceptor, DescriptorLimit};
 
 pub use crate::grpc::compression::ReplyCompression;
 use crate::server::metrics::GrpcMetrics;
 use crate::service::FormatDataService;
 use crate::tls;
+pub use calls::CallStack;
 pub use config::{ConfigError, ServerConfig, TlsFiles};
-pub use listen::{BindError, Listeners};
-pub use shutdown::signal as shutdown_signal;
-pub use stack::{CallStack, call_stack};
+pub use stack::call_stack;
+pub use transport::listen::{BindError, Listeners};
+pub use transport::shutdown::signal as shutdown_signal;
 
 /// A server ready to serve: its settings checked, its TLS files read, its connection cap
 /// resolved against the open-file limit, before anything is bound.

@@ -11,11 +11,12 @@ use tower::Layer;
 
 use crate::grpc::methods;
 use crate::pb::format_data_server::FormatDataServer;
-use crate::server::auth::RequireBearer;
-use crate::server::call::{Calls, CallsLayer};
+use crate::server::calls::CallStack;
+use crate::server::calls::auth::RequireBearer;
+use crate::server::calls::call::CallsLayer;
+use crate::server::calls::deadline::Deadlines;
+use crate::server::calls::fast_path::FastPath;
 use crate::server::config::ServerConfig;
-use crate::server::deadline::Deadlines;
-use crate::server::fast_path::FastPath;
 use crate::service::FormatDataService;
 
 /// tonic's router over FormatData, health (reporting SERVING) and reflection, and the reporter
@@ -34,10 +35,6 @@ pub(super) async fn routes(
         .prepare();
     Ok((health, routes))
 }
-
-/// What every call goes through: the per-call middleware, the caller's deadline, the fast path,
-/// then tonic's router.
-pub type CallStack = Calls<Deadlines<FastPath<Routes>>>;
 
 /// The stack every call goes through, as `config` sets it up, with no socket, no connection and
 /// no metrics: it takes requests with any body, so the fuzz targets drive it directly.

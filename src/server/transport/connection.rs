@@ -3,7 +3,7 @@
 //!
 //! A server that faces the network must bound what each peer can take. Here: a peer gets
 //! `--handshake-timeout` to finish TLS and start speaking (a connection that opens and says
-//! nothing is dropped, not kept forever); HTTP/2 peers are served by [`crate::server::http2`], with
+//! nothing is dropped, not kept forever); HTTP/2 peers are served by [`crate::server::transport::http2`], with
 //! keepalive pings, a stream limit, flow-control windows, and GOAWAY ENHANCE_YOUR_CALM for a
 //! client that cancels calls by the thousand (the "rapid reset" attack); HTTP/1.1 peers (for
 //! gRPC-Web and the playground) by hyper, with a deadline on each request head. On either, a
@@ -19,29 +19,33 @@ use std::time::Duration;
 
 use crate::telemetry::untrusted;
 use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tonic::body::Body;
+use tower::Service;
 use tracing::{debug, warn};
 
 use crate::server::budget::ByteBudget;
 use crate::server::config::MAX_HTTP1_HEAD;
 use crate::server::context::{ConnectionState, Idle};
-use crate::server::front::Fronts;
-use crate::server::http2::{self, Http2Error, Http2Settings};
 use crate::server::peers::PeerSlot;
+use crate::server::transport::http2::{self, H2Body, Http2Error, Http2Settings};
 
 /// Every HTTP/2 connection starts with these 24 bytes from the client.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How every accepted connection is served; shared by all of them.
 #[derive(Clone)]
-pub(super) struct ConnectionSettings {
+pub(in crate::server) struct ConnectionSettings {
     /// TLS acceptor when `--tls-cert` is set; plaintext otherwise.
     pub tls: Option<TlsAcceptor>,
     /// How long a new peer gets for the TLS handshake and the start of its first request.
@@ -61,13 +65,13 @@ pub(super) struct ConnectionSettings {
 
 impl ConnectionSettings {
     /// Serves one connection until it closes or is dropped for misbehaving, with the services
-    /// `fronts` makes for it. When `drain` changes (or its sender goes), the connection is
+    /// `calls` makes for it. When `drain` changes (or its sender goes), the connection is
     /// drained: GOAWAY, calls in progress finish, then it closes.
-    pub(super) async fn serve(
+    pub(in crate::server) async fn serve<C: CallService>(
         self,
         stream: TcpStream,
         slot: PeerSlot,
-        fronts: Fronts,
+        calls: C,
         drain: watch::Receiver<()>,
     ) {
         let peer = stream.peer_addr().ok();
@@ -78,7 +82,7 @@ impl ConnectionSettings {
         );
         let mut connection = Connection {
             settings: &self,
-            fronts,
+            calls,
             state: Arc::new(ConnectionState::new(peer, buffered, slot)),
             drain,
             deadline: Instant::now() + self.handshake_timeout,
@@ -96,17 +100,34 @@ impl ConnectionSettings {
     }
 }
 
+/// What serves the requests of one connection, made for it when it opens and bound to its
+/// state: the call layers implement it (`calls/front.rs`), so the transport needs nothing else
+/// of them.
+pub(in crate::server) trait CallService: Send + 'static {
+    /// For the streams of an HTTP/2 connection.
+    type Http2: Service<Request<H2Body>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Send;
+    /// For the requests of an HTTP/1.1 connection (gRPC-Web and the playground).
+    type Http1: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static;
+
+    fn http2(&self, connection: &Arc<ConnectionState>) -> Self::Http2;
+    fn http1(&self, connection: &Arc<ConnectionState>) -> Self::Http1;
+}
+
 /// One connection being served: what each of its protocols needs.
-struct Connection<'a> {
+struct Connection<'a, C> {
     settings: &'a ConnectionSettings,
-    fronts: Fronts,
+    calls: C,
     state: Arc<ConnectionState>,
     drain: watch::Receiver<()>,
     /// When the TLS handshake and the first request bytes must have come.
     deadline: Instant,
 }
 
-impl Connection<'_> {
+impl<C: CallService> Connection<'_, C> {
     /// A TLS connection: the handshake, then the protocol ALPN named (or, without one, its
     /// first bytes).
     async fn serve_tls(&mut self, acceptor: &TlsAcceptor, stream: TcpStream) -> Result<(), Ended> {
@@ -153,7 +174,7 @@ impl Connection<'_> {
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let service = self.fronts.http2(&self.state);
+        let service = self.calls.http2(&self.state);
         let idle = Idle::new(&self.state, self.settings.idle_timeout);
         let (http2, deadline) = (&self.settings.http2, self.deadline);
         http2::serve(
@@ -176,7 +197,7 @@ impl Connection<'_> {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let head_timeout = self.settings.stall_timeout;
-        let service = TowerToHyperService::new(self.fronts.http1(&self.state));
+        let service = TowerToHyperService::new(self.calls.http1(&self.state));
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())

@@ -16,7 +16,7 @@ use crate::grpc::compression::Encoding;
 use crate::grpc::framing::{PREFIX_LEN, Prefix};
 
 /// A reply body whose messages are compressed with `encoding`, each one that gets smaller.
-pub(super) struct CompressedReplies {
+pub(in crate::server) struct CompressedReplies {
     inner: Body,
     encoding: Encoding,
     /// Bytes of a message cut across the inner body's chunks (the services yield whole
@@ -25,7 +25,7 @@ pub(super) struct CompressedReplies {
 }
 
 impl CompressedReplies {
-    pub(super) fn new(inner: Body, encoding: Encoding) -> Self {
+    pub(in crate::server) fn new(inner: Body, encoding: Encoding) -> Self {
         Self {
             inner,
             encoding,

@@ -147,7 +147,7 @@ where
 /// message declares (checked against the limit first), as tonic's decoder does: each byte is
 /// copied once, whatever the number of frames, and pages are only touched as bytes arrive.
 ///
-/// [`RequestBody`]: crate::server::request_body::RequestBody
+/// [`RequestBody`]: crate::server::calls::request_body::RequestBody
 #[derive(Default)]
 struct Message {
     first: Bytes,

@@ -33,25 +33,25 @@ use crate::grpc::status::{standard_status, status_response, status_trailers};
 use crate::grpc::{MAX_METADATA_BYTES, is_grpc, metadata_size};
 use crate::otel::{CallSpan, Tracing};
 use crate::server::budget::{self, StreamClaim, shed_status};
-use crate::server::compress::CompressedReplies;
+use crate::server::calls::compress::CompressedReplies;
+use crate::server::calls::request_body::RequestBody;
 use crate::server::context::{ClientGone, ConnectionState, client_went_away};
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
-use crate::server::request_body::RequestBody;
 use crate::telemetry::untrusted;
 
 /// Calls in progress, shared by every connection, so shutdown can say how many it cancels.
 #[derive(Debug, Default)]
-pub(super) struct InFlight(AtomicUsize);
+pub(in crate::server) struct InFlight(AtomicUsize);
 
 impl InFlight {
-    pub(super) fn count(&self) -> usize {
+    pub(in crate::server) fn count(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// Wraps the router in [`Calls`].
 #[derive(Clone, Default)]
-pub(super) struct CallsLayer {
+pub(in crate::server) struct CallsLayer {
     pub in_flight: Arc<InFlight>,
     /// Prometheus metrics, when `--metrics-addr` asks for them.
     pub metrics: Option<GrpcMetrics>,

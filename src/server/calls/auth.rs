@@ -8,19 +8,19 @@ use tonic::{Request, Status};
 
 /// Checks `authorization: Bearer <token>` on every call, when a token is configured.
 #[derive(Clone, Default)]
-pub(super) struct RequireBearer {
+pub(in crate::server) struct RequireBearer {
     /// The token expected after the scheme; `None` lets every call through.
     token: Option<Arc<[u8]>>,
 }
 
 impl RequireBearer {
-    pub(super) fn new(token: Option<&str>) -> Self {
+    pub(in crate::server) fn new(token: Option<&str>) -> Self {
         Self {
             token: token.map(|token| token.as_bytes().into()),
         }
     }
 
-    pub(super) fn is_enabled(&self) -> bool {
+    pub(in crate::server) fn is_enabled(&self) -> bool {
         self.token.is_some()
     }
 }

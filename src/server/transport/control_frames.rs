@@ -35,7 +35,7 @@ const PER_CALL_FRAME: u32 = 4;
 const WINDOW: Duration = Duration::from_secs(10);
 
 /// The limit, in words, for log lines.
-pub(super) const CONTROL_FLOOD_DESCRIPTION: &str = "sent more than 1000 control frames in 10 s \
+pub(in crate::server) const CONTROL_FLOOD_DESCRIPTION: &str = "sent more than 1000 control frames in 10 s \
      (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM) beyond 4 per frame of its calls";
 
 /// The HTTP/2 frame types counted.
@@ -50,7 +50,7 @@ const ACK: u8 = 0x1;
 
 /// One connection's count, shared by its two directions and its loop.
 #[derive(Debug, Default)]
-pub(super) struct ControlFrames {
+pub(in crate::server) struct ControlFrames {
     /// Control frames in the current window: its lock is taken only for control frames.
     control: WindowedCount,
     /// Frames of calls in the current window: counted on every read and write, without a lock.
@@ -62,7 +62,7 @@ pub(super) struct ControlFrames {
 
 impl ControlFrames {
     /// Completes once the connection has flooded.
-    pub(super) async fn exhausted(&self) {
+    pub(in crate::server) async fn exhausted(&self) {
         self.spent.notified().await;
     }
 
@@ -144,7 +144,7 @@ impl FrameScanner {
 }
 
 /// An HTTP/2 server connection's transport, its frames counted on the way through.
-pub(super) struct Watched<I> {
+pub(in crate::server) struct Watched<I> {
     inner: I,
     frames: Arc<ControlFrames>,
     incoming: FrameScanner,
@@ -152,7 +152,7 @@ pub(super) struct Watched<I> {
 }
 
 impl<I> Watched<I> {
-    pub(super) fn new(inner: I, frames: Arc<ControlFrames>) -> Self {
+    pub(in crate::server) fn new(inner: I, frames: Arc<ControlFrames>) -> Self {
         Self {
             inner,
             frames,

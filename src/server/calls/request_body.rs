@@ -133,7 +133,7 @@ impl<B> RequestBody<B> {
     /// client goes; `stall`, when set, is `--stall-timeout`; `admission`, what its message
     /// prefixes may say (a stream whose messages may be compressed also holds the limit for
     /// tonic's decompression buffer).
-    pub(super) fn new(
+    pub(in crate::server) fn new(
         inner: B,
         one_request: bool,
         received: Option<MessagesReceived>,

@@ -30,7 +30,7 @@ use tower::Service;
 use tracing::{debug, warn};
 
 use crate::server::context::{CANCEL_BUDGET_DESCRIPTION, ConnectionState, Idle};
-use crate::server::control_frames::{CONTROL_FLOOD_DESCRIPTION, ControlFrames, Watched};
+use crate::server::transport::control_frames::{CONTROL_FLOOD_DESCRIPTION, ControlFrames, Watched};
 
 /// HTTP/2 flow-control window of each stream: what a client may send ahead of what the service
 /// has read. The protocol's default, as grpc-go uses.
@@ -68,7 +68,7 @@ const ABUSE_FLUSH: Duration = Duration::from_secs(1);
 
 /// How the server's HTTP/2 connections are set up.
 #[derive(Debug, Clone)]
-pub(super) struct Http2Settings {
+pub(in crate::server) struct Http2Settings {
     /// SETTINGS_MAX_CONCURRENT_STREAMS.
     pub max_concurrent_streams: u32,
     /// Interval of keepalive pings; `None` turns them off.
@@ -90,7 +90,7 @@ impl Http2Settings {
 
 /// Why a connection ended, when it was the server that ended it or the peer misbehaved.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Http2Error {
+pub(in crate::server) enum Http2Error {
     #[error("no HTTP/2 preface before the handshake deadline")]
     NoPreface,
     #[error("keepalive ping unanswered")]
@@ -103,7 +103,7 @@ pub(super) enum Http2Error {
 /// call polled here. On `drain`, GOAWAY and let the calls finish; when the connection's client
 /// cancels calls by the thousand (the rapid-reset attack), GOAWAY ENHANCE_YOUR_CALM and close at
 /// once; when no call has made progress for the idle timeout, GOAWAY and close.
-pub(super) async fn serve<I, S>(
+pub(in crate::server) async fn serve<I, S>(
     io: I,
     mut service: S,
     settings: &Http2Settings,
@@ -404,7 +404,7 @@ async fn write_body(body: Body, mut send: SendStream<Bytes>) {
 
 /// A request body read from an h2 stream. Each chunk's flow-control window is given back as the
 /// chunk is handed over: what the service holds from there is its own to count.
-pub(super) struct H2Body {
+pub(in crate::server) struct H2Body {
     recv: RecvStream,
     data_done: bool,
 }

@@ -22,15 +22,16 @@ use tower_http::cors::{Cors, CorsLayer};
 
 use crate::grpc::status::status_response;
 use crate::grpc::{is_grpc, is_grpc_web};
+use crate::server::calls::CallStack;
+use crate::server::calls::web::{WebSettings, cors, page, status};
 use crate::server::context::{ClientGone, ConnectionState};
-use crate::server::stack::CallStack;
-use crate::server::web::{WebSettings, cors, page, status};
+use crate::server::transport::connection::CallService;
 
 /// What every connection is served with: the call stack (middleware, fast path, tonic's router)
 /// for native gRPC and, when gRPC-Web is on, for gRPC-Web behind its translation and CORS.
 /// Makes each connection's [`Front`], bound to that connection's state.
 #[derive(Clone)]
-pub(super) struct Fronts {
+pub(in crate::server) struct Fronts {
     calls: CallStack,
     /// Set when gRPC-Web is served; the CORS layer, built once from `--cors-origin`.
     cors: Option<CorsLayer>,
@@ -39,26 +40,13 @@ pub(super) struct Fronts {
 }
 
 impl Fronts {
-    pub(super) fn new(calls: CallStack, settings: &WebSettings) -> Self {
+    pub(in crate::server) fn new(calls: CallStack, settings: &WebSettings) -> Self {
         Self {
             calls,
             cors: settings.grpc_web.then(|| cors(&settings.cors_origins)),
             playground: settings.playground,
             loopback_only: settings.loopback_only,
         }
-    }
-
-    /// For an HTTP/2 connection: native gRPC, and gRPC-Web when it is on.
-    pub(super) fn http2(&self, state: &Arc<ConnectionState>) -> Front<CallStack> {
-        let calls = self.calls.clone().for_connection(state.clone());
-        self.front(calls.clone(), calls)
-    }
-
-    /// For an HTTP/1.1 connection (only made with gRPC-Web on): gRPC-Web and the page; native
-    /// gRPC needs HTTP/2.
-    pub(super) fn http1(&self, state: &Arc<ConnectionState>) -> Front<NeedsHttp2> {
-        let calls = self.calls.clone().for_connection(state.clone());
-        self.front(NeedsHttp2, calls)
     }
 
     fn front<N>(&self, native: N, calls: CallStack) -> Front<N> {
@@ -75,10 +63,28 @@ impl Fronts {
     }
 }
 
+impl CallService for Fronts {
+    type Http2 = Front<CallStack>;
+    type Http1 = Front<NeedsHttp2>;
+
+    /// For an HTTP/2 connection: native gRPC, and gRPC-Web when it is on.
+    fn http2(&self, state: &Arc<ConnectionState>) -> Front<CallStack> {
+        let calls = self.calls.clone().for_connection(state.clone());
+        self.front(calls.clone(), calls)
+    }
+
+    /// For an HTTP/1.1 connection (only made with gRPC-Web on): gRPC-Web and the page; native
+    /// gRPC needs HTTP/2.
+    fn http1(&self, state: &Arc<ConnectionState>) -> Front<NeedsHttp2> {
+        let calls = self.calls.clone().for_connection(state.clone());
+        self.front(NeedsHttp2, calls)
+    }
+}
+
 /// One connection's service: picks, for each request, native gRPC (`N`), gRPC-Web, the page, or
 /// a refusal.
 #[derive(Clone)]
-pub(super) struct Front<N> {
+pub(in crate::server) struct Front<N> {
     /// Native gRPC: the call stack on HTTP/2, a refusal on HTTP/1.1.
     native: N,
     /// gRPC-Web: CORS, then tonic-web's translation, then the same call stack. Shared, because
@@ -180,7 +186,7 @@ fn foreign_host<B>(request: &Request<B>) -> Response<Body> {
 /// Native gRPC on an HTTP/1.1 connection: refused, as gRPC needs HTTP/2 (its trailers, its
 /// streams). Browsers use gRPC-Web, served on the same connection.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct NeedsHttp2;
+pub(in crate::server) struct NeedsHttp2;
 
 impl<B> Service<Request<B>> for NeedsHttp2 {
     type Response = Response<Body>;

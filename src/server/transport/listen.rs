@@ -34,7 +34,7 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// soft limit to the hard one (as Go's runtime does: the soft limit is a default for programs
 /// that do not know better, the hard one is what the administrator allows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct DescriptorLimit {
+pub(in crate::server) struct DescriptorLimit {
     /// The open-file limit now in force.
     pub open_files: u64,
     /// The most connections that fit under it.
@@ -44,7 +44,7 @@ pub(super) struct DescriptorLimit {
 impl DescriptorLimit {
     /// Raises the soft RLIMIT_NOFILE to the hard limit (where the platform allows) and reports
     /// what fits.
-    pub(super) fn raise() -> io::Result<Self> {
+    pub(in crate::server) fn raise() -> io::Result<Self> {
         let open_files = raise_open_file_limit()?;
         Ok(Self::for_open_files(open_files))
     }
@@ -59,7 +59,7 @@ impl DescriptorLimit {
     }
 
     /// `--max-connections` when not given.
-    pub(super) fn default_max_connections(&self) -> usize {
+    pub(in crate::server) fn default_max_connections(&self) -> usize {
         self.max_connections.min(MAX_DEFAULT_CONNECTIONS as usize)
     }
 }
@@ -94,7 +94,7 @@ const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// When accept fails because the process or the system is out of descriptors (or memory), it
 /// pauses, longer each time in a row, and says so in one warning per 10 s: a loop that retried
 /// at once would spin, and one warning per failure would flood the log.
-pub(super) struct Acceptor {
+pub(in crate::server) struct Acceptor {
     incoming: SelectAll<TcpListenerStream>,
     slots: Arc<Semaphore>,
     pause: Duration,
@@ -104,7 +104,7 @@ pub(super) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(super) fn new(listeners: Vec<TcpListener>, max: usize) -> Self {
+    pub(in crate::server) fn new(listeners: Vec<TcpListener>, max: usize) -> Self {
         Self {
             incoming: select_all(listeners.into_iter().map(TcpListenerStream::new)),
             slots: Arc::new(Semaphore::new(max)),
@@ -116,7 +116,7 @@ impl Acceptor {
 
     /// The next connection, and its slot: drop the slot when the connection is closed.
     /// Cancel-safe: dropped before a connection is returned, it loses none.
-    pub(super) async fn accept(&mut self) -> (TcpStream, OwnedSemaphorePermit) {
+    pub(in crate::server) async fn accept(&mut self) -> (TcpStream, OwnedSemaphorePermit) {
         loop {
             let slot = self
                 .slots

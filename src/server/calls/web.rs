@@ -37,7 +37,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; st
 
 /// What the browser side serves, as the flags decided it.
 #[derive(Debug, Clone)]
-pub(super) struct WebSettings {
+pub(in crate::server) struct WebSettings {
     /// Whether gRPC-Web (and so HTTP/1.1) is served at all.
     pub grpc_web: bool,
     /// Whether `/` serves the playground (only with gRPC-Web: the page needs it).
@@ -52,7 +52,7 @@ pub(super) struct WebSettings {
 
 /// CORS for gRPC-Web: POST from the allowed origins, with the headers gRPC-Web clients send, and
 /// the gRPC status headers readable by the page.
-pub(super) fn cors(origins: &[HeaderValue]) -> CorsLayer {
+pub(in crate::server) fn cors(origins: &[HeaderValue]) -> CorsLayer {
     const REQUEST_HEADERS: [HeaderName; 7] = [
         CONTENT_TYPE,
         http::header::AUTHORIZATION,
@@ -76,7 +76,7 @@ pub(super) fn cors(origins: &[HeaderValue]) -> CorsLayer {
 }
 
 /// A playground file, or 404 (also for everything when the playground is off).
-pub(super) fn page<B>(request: &Request<B>, playground: bool) -> Response<Body> {
+pub(in crate::server) fn page<B>(request: &Request<B>, playground: bool) -> Response<Body> {
     let found = PAGES
         .iter()
         .find(|(path, _, _)| playground && *path == request.uri().path());
@@ -110,7 +110,7 @@ pub(super) fn page<B>(request: &Request<B>, playground: bool) -> Response<Body> 
 }
 
 /// An empty response with `code`.
-pub(super) fn status(code: StatusCode) -> Response<Body> {
+pub(in crate::server) fn status(code: StatusCode) -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = code;
     response
