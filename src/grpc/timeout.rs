@@ -9,7 +9,6 @@ use tonic::Status;
 pub(crate) const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The largest amount the header may carry.
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 const MAX_AMOUNT: u128 = 99_999_999;
 
 /// The caller's deadline from `headers`, if it sent one; INVALID_ARGUMENT if malformed.
@@ -37,8 +36,7 @@ pub(crate) fn read(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
 }
 
 /// `timeout` as the header's value, in milliseconds (at least 1, at most 8 digits). Written by
-/// the load generator's raw client (tonic's channel writes its own).
-#[cfg_attr(not(feature = "cli"), allow(dead_code))]
+/// the load generator's raw client and for Connect calls (tonic's channel writes its own).
 pub(crate) fn write(timeout: Duration) -> HeaderValue {
     let millis = timeout.as_millis().clamp(1, MAX_AMOUNT);
     HeaderValue::from_str(&format!("{millis}m")).expect("digits and a unit")

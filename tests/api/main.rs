@@ -9,6 +9,7 @@ mod bad_input;
 mod balancing;
 mod bench;
 mod binaries;
+mod connect;
 mod connections;
 mod contract;
 mod do_format;

@@ -212,8 +212,9 @@ where
                     String::from_utf8_lossy(value.as_bytes()).into_owned()
                 });
             let status = Status::invalid_argument(format!(
-                "content type {given} is not served here: send application/grpc (gRPC with \
-                 protobuf), or application/grpc-web where the server enables gRPC-Web"
+                "content type {given} is not served here: send application/grpc (gRPC), \
+                 application/json or application/proto (Connect), or application/grpc-web \
+                 where the server enables gRPC-Web"
             ));
             // HTTP 415 as the gRPC spec asks, so plain HTTP clients understand too; grpc-status
             // as grpc-go sends it, so gRPC clients get a real status rather than UNKNOWN.

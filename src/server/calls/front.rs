@@ -23,6 +23,7 @@ use tower_http::cors::{Cors, CorsLayer};
 use crate::grpc::status::status_response;
 use crate::grpc::{is_grpc, is_grpc_web};
 use crate::server::calls::CallStack;
+use crate::server::calls::connect::{self, Codec};
 use crate::server::calls::web::{WebSettings, cors, page, status};
 use crate::server::context::{ClientGone, ConnectionState};
 use crate::server::transport::connection::CallService;
@@ -33,6 +34,8 @@ use crate::server::transport::connection::CallService;
 #[derive(Clone)]
 pub(in crate::server) struct Fronts {
     calls: CallStack,
+    /// `--max-message-bytes`, for the bodies of Connect calls, read whole before translation.
+    max_message_bytes: usize,
     /// Set when gRPC-Web is served; the CORS layer, built once from `--cors-origin`.
     cors: Option<CorsLayer>,
     playground: bool,
@@ -40,9 +43,14 @@ pub(in crate::server) struct Fronts {
 }
 
 impl Fronts {
-    pub(in crate::server) fn new(calls: CallStack, settings: &WebSettings) -> Self {
+    pub(in crate::server) fn new(
+        calls: CallStack,
+        settings: &WebSettings,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             calls,
+            max_message_bytes,
             cors: settings.grpc_web.then(|| cors(&settings.cors_origins)),
             playground: settings.playground,
             loopback_only: settings.loopback_only,
@@ -52,6 +60,8 @@ impl Fronts {
     fn front<N>(&self, native: N, calls: CallStack) -> Front<N> {
         Front {
             native,
+            connect: calls.clone(),
+            max_message_bytes: self.max_message_bytes,
             web: self
                 .cors
                 .as_ref()
@@ -87,6 +97,9 @@ impl CallService for Fronts {
 pub(in crate::server) struct Front<N> {
     /// Native gRPC: the call stack on HTTP/2, a refusal on HTTP/1.1.
     native: N,
+    /// The call stack, for Connect calls translated into gRPC ones, on either protocol.
+    connect: CallStack,
+    max_message_bytes: usize,
     /// gRPC-Web: CORS, then tonic-web's translation, then the same call stack. Shared, because
     /// hyper clones the whole service for every request, and a CORS layer is costly to clone
     /// (its header lists): native calls would pay for it (-4% of their rate).
@@ -147,6 +160,11 @@ where
         let answer = |response| Either::Right(Either::Right(ready(Ok(response))));
         if self.loopback_only && !self.names_loopback(&request) {
             return answer(foreign_host(&request));
+        }
+        if let Some(codec) = Codec::of_unary(&request) {
+            let calls = self.connect.clone();
+            let call = connect::unary(calls, request, codec, self.max_message_bytes);
+            return Either::Right(Either::Left(Box::pin(call)));
         }
         let Some(web) = &self.web else {
             return Either::Left(self.native.call(request));

@@ -1,0 +1,194 @@
+//! The Connect protocol's unary calls, from curl (a client no one here wrote): JSON and binary
+//! protobuf, over HTTP/1.1 and HTTP/2, with Connect's errors and HTTP statuses.
+
+use std::process::Command;
+
+use formatdata::pb::Data;
+use formatdata_test_support::process::ServerProcess;
+use prost::Message;
+
+const DO_FORMAT: &str = "/example.FormatData/DoFormat";
+
+/// What curl got: the HTTP status, the content type and the body.
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// `curl` POSTing `body` as `content_type` to `path` on `server`, with `extra` arguments.
+fn curl(
+    server: &ServerProcess,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    extra: &[&str],
+) -> Reply {
+    let dir = tempfile::tempdir().unwrap();
+    let (request, reply) = (dir.path().join("request"), dir.path().join("reply"));
+    std::fs::write(&request, body).unwrap();
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(["-H", &format!("content-type: {content_type}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", request.display()))
+        .arg("--output")
+        .arg(&reply)
+        .args(["--write-out", "%{http_code} %{content_type}"])
+        .args(extra)
+        .arg(format!("http://{}{path}", server.addr()))
+        .output()
+        .expect("curl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written = String::from_utf8(output.stdout).unwrap();
+    let (status, content_type) = written.split_once(' ').unwrap();
+    Reply {
+        status: status.parse().unwrap(),
+        content_type: content_type.to_owned(),
+        body: std::fs::read(&reply).unwrap_or_default(),
+    }
+}
+
+#[test]
+fn json_is_answered_with_json_over_http1_and_http2() {
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let reply = curl(
+            &server,
+            DO_FORMAT,
+            "application/json",
+            br#"{"text":"hello, stra\u00dfe"}"#,
+            &[version],
+        );
+        assert_eq!(reply.status, 200, "{version}: {}", reply.text());
+        assert_eq!(reply.content_type, "application/json");
+        assert_eq!(reply.text(), r#"{"text":"HELLO, STRASSE"}"#, "{version}");
+    }
+    let health = curl(
+        &server,
+        "/grpc.health.v1.Health/Check",
+        "application/json",
+        b"{}",
+        &[],
+    );
+    assert_eq!(
+        (health.status, health.text()),
+        (200, r#"{"status":"SERVING"}"#.into())
+    );
+}
+
+#[test]
+fn binary_protobuf_is_answered_with_protobuf() {
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    let request = Data {
+        text: "ﬁne".into()
+    }
+    .encode_to_vec();
+    let reply = curl(
+        &server,
+        DO_FORMAT,
+        "application/proto",
+        &request,
+        &["--http2-prior-knowledge"],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.content_type, "application/proto");
+    assert_eq!(Data::decode(&reply.body[..]).unwrap().text, "FINE");
+}
+
+/// Connect's error: the HTTP status, and the code's name in the JSON body with a message.
+fn assert_error(reply: &Reply, status: u16, code: &str, words: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    assert_eq!(reply.content_type, "application/json");
+    let error: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(error["code"], code, "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(words),
+        "{message:?} does not say {words:?}"
+    );
+}
+
+#[test]
+fn errors_are_connects_with_the_http_status_of_their_code() {
+    let server = ServerProcess::start_with_env(
+        &["--addr", "127.0.0.1:0", "--max-message-bytes", "64"],
+        &[("FORMATDATA_AUTH_TOKEN", "s3cret")],
+    );
+    let token = ["-H", "authorization: Bearer s3cret"];
+    let malformed = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        br#"{"text":"#,
+        &token,
+    );
+    assert_error(&malformed, 400, "invalid_argument", "JSON example.Data");
+    let wrong_field = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        br#"{"text":7}"#,
+        &token,
+    );
+    assert_error(&wrong_field, 400, "invalid_argument", "example.Data");
+    let unknown = curl(
+        &server,
+        "/example.FormatData/DoNothing",
+        "application/json",
+        b"{}",
+        &token,
+    );
+    assert_error(
+        &unknown,
+        501,
+        "unimplemented",
+        "/example.FormatData/DoNothing",
+    );
+    let no_token = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        br#"{"text":"hi"}"#,
+        &[],
+    );
+    assert_error(&no_token, 401, "unauthenticated", "");
+    let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(100));
+    let too_big = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        big.as_bytes(),
+        &token,
+    );
+    assert_error(&too_big, 429, "resource_exhausted", "64");
+    let bad_timeout = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        br#"{"text":"hi"}"#,
+        &[token[0], token[1], "-H", "connect-timeout-ms: soon"],
+    );
+    assert_error(&bad_timeout, 400, "invalid_argument", "connect-timeout-ms");
+    let within = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        br#"{"text":"hi"}"#,
+        &[token[0], token[1], "-H", "connect-timeout-ms: 5000"],
+    );
+    assert_eq!(
+        (within.status, within.text()),
+        (200, r#"{"text":"HI"}"#.into())
+    );
+}
