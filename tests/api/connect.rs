@@ -1,11 +1,15 @@
-//! The Connect protocol's unary calls, from curl (a client no one here wrote): JSON and binary
-//! protobuf, over HTTP/1.1 and HTTP/2, with Connect's errors and HTTP statuses.
+//! The Connect protocol's unary calls, from clients no one here wrote: curl, and Connect-ES's
+//! Connect transport in Node; JSON and binary protobuf, over HTTP/1.1 and HTTP/2, with Connect's
+//! errors and HTTP statuses.
 
 use std::process::Command;
 
 use formatdata::pb::Data;
-use formatdata_test_support::process::ServerProcess;
+use formatdata_test_support::env;
+use formatdata_test_support::process::{ServerProcess, stderr, stdout};
 use prost::Message;
+
+use crate::grpc_web::{descriptor_set_file, run};
 
 const DO_FORMAT: &str = "/example.FormatData/DoFormat";
 
@@ -191,4 +195,27 @@ fn errors_are_connects_with_the_http_status_of_their_code() {
         (within.status, within.text()),
         (200, r#"{"text":"HI"}"#.into())
     );
+}
+
+#[test]
+fn connect_es_calls_in_json_and_binary_over_http1_and_http2() {
+    let Some(node) = env::node() else { return };
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
+    let descriptors = descriptor_set_file();
+    let descriptors = descriptors.path().to_str().unwrap();
+    for version in ["1.1", "2"] {
+        for format in ["json", "binary"] {
+            let output = run(
+                node,
+                "connect_client.mjs",
+                &[&server.addr(), descriptors, version, format, "straße"],
+            );
+            assert_eq!(
+                stdout(&output),
+                "received: STRASSE\n",
+                "HTTP/{version} {format}: {}",
+                stderr(&output)
+            );
+        }
+    }
 }

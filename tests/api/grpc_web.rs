@@ -19,7 +19,7 @@ use formatdata_test_support::process::{ServerProcess, stderr, stdout};
 use formatdata_test_support::raw::http1;
 
 /// Runs `tests/web/<script>` with `args`.
-fn run(node: &Node, script: &str, args: &[&str]) -> Output {
+pub(crate) fn run(node: &Node, script: &str, args: &[&str]) -> Output {
     script_command(node, script)
         .args(args)
         .output()
@@ -34,7 +34,7 @@ fn script_command(node: &Node, script: &str) -> Command {
 
 /// `formatdata::pb::FILE_DESCRIPTOR_SET` in a file, for clients that describe the service at run
 /// time instead of generating code from the `.proto`.
-fn descriptor_set_file() -> tempfile::NamedTempFile {
+pub(crate) fn descriptor_set_file() -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), formatdata::pb::FILE_DESCRIPTOR_SET).unwrap();
     file
