@@ -194,11 +194,7 @@ impl Server {
             max_message_bytes: config.max_message_bytes,
         };
         let web = web_settings(&config, listeners.local_addrs());
-        let fronts = Fronts::new(
-            http_service(routes, calls, &config),
-            &web,
-            config.max_message_bytes,
-        );
+        let fronts = Fronts::new(http_service(routes, calls, &config), &web);
         let connection = ConnectionSettings {
             tls: tls.as_ref().map(|tls| tls::acceptor(tls, web.grpc_web)),
             handshake_timeout: config.handshake_timeout,

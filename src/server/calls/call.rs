@@ -16,10 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::Full;
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
@@ -34,6 +36,7 @@ use crate::grpc::{MAX_METADATA_BYTES, is_grpc, metadata_size};
 use crate::otel::{CallSpan, Tracing};
 use crate::server::budget::{self, StreamClaim, shed_status};
 use crate::server::calls::compress::CompressedReplies;
+use crate::server::calls::connect::{self, Codec};
 use crate::server::calls::request_body::RequestBody;
 use crate::server::context::{ClientGone, ConnectionState, client_went_away};
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
@@ -110,17 +113,34 @@ impl<S> Calls<S> {
 impl<S, B> Service<Request<B>> for Calls<S>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<Body>, Error = Infallible>,
-    B: Send + 'static,
+    // A Connect call comes back through a clone of this stack, as a gRPC call.
+    S: Service<
+            Request<RequestBody<Full<Bytes>>>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = CallFuture<S::Future>;
+    type Future = CallFuture<<S as Service<Request<RequestBody<B>>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
+        Service::<Request<RequestBody<B>>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let grpc = is_grpc(request.headers());
+        if !grpc && let Some(codec) = Codec::of_unary(&request) {
+            let call = connect::unary(self.clone(), request, codec, self.max_message_bytes);
+            return CallFuture::Translated {
+                reply: Box::pin(call),
+            };
+        }
         let method = methods::served().find(request.uri().path());
         let metrics = self
             .metrics
@@ -204,7 +224,7 @@ where
                 response: Some(status_response(&status)),
             };
         }
-        if !is_grpc(request.headers()) {
+        if !grpc {
             let given = request
                 .headers()
                 .get(CONTENT_TYPE)
@@ -240,6 +260,8 @@ pin_project_lite::pin_project! {
     #[project = CallProjection]
     pub enum CallFuture<F> {
         Answered { response: Option<Response<Body>> },
+        // A Connect call, answered by the gRPC call it was translated into.
+        Translated { reply: Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>> },
         Running { #[pin] reply: F, call: Option<Call>, encoding: Option<Encoding> },
     }
 }
@@ -255,6 +277,7 @@ where
             CallProjection::Answered { response } => {
                 Poll::Ready(Ok(response.take().expect("polled once")))
             }
+            CallProjection::Translated { reply } => reply.as_mut().poll(cx),
             CallProjection::Running {
                 reply,
                 call,

@@ -23,7 +23,7 @@ use tower_http::cors::{Cors, CorsLayer};
 use crate::grpc::status::status_response;
 use crate::grpc::{is_grpc, is_grpc_web};
 use crate::server::calls::CallStack;
-use crate::server::calls::connect::{self, Codec};
+use crate::server::calls::connect::Codec;
 use crate::server::calls::web::{WebSettings, cors, page, status};
 use crate::server::context::{ClientGone, ConnectionState};
 use crate::server::transport::connection::CallService;
@@ -34,8 +34,6 @@ use crate::server::transport::connection::CallService;
 #[derive(Clone)]
 pub(in crate::server) struct Fronts {
     calls: CallStack,
-    /// `--max-message-bytes`, for the bodies of Connect calls, read whole before translation.
-    max_message_bytes: usize,
     /// Set when gRPC-Web is served; the CORS layer, built once from `--cors-origin`.
     cors: Option<CorsLayer>,
     playground: bool,
@@ -43,14 +41,9 @@ pub(in crate::server) struct Fronts {
 }
 
 impl Fronts {
-    pub(in crate::server) fn new(
-        calls: CallStack,
-        settings: &WebSettings,
-        max_message_bytes: usize,
-    ) -> Self {
+    pub(in crate::server) fn new(calls: CallStack, settings: &WebSettings) -> Self {
         Self {
             calls,
-            max_message_bytes,
             cors: settings.grpc_web.then(|| cors(&settings.cors_origins)),
             playground: settings.playground,
             loopback_only: settings.loopback_only,
@@ -60,8 +53,6 @@ impl Fronts {
     fn front<N>(&self, native: N, calls: CallStack) -> Front<N> {
         Front {
             native,
-            connect: calls.clone(),
-            max_message_bytes: self.max_message_bytes,
             web: self
                 .cors
                 .as_ref()
@@ -75,7 +66,7 @@ impl Fronts {
 
 impl CallService for Fronts {
     type Http2 = Front<CallStack>;
-    type Http1 = Front<NeedsHttp2>;
+    type Http1 = Front<Http1Calls>;
 
     /// For an HTTP/2 connection: native gRPC, and gRPC-Web when it is on.
     fn http2(&self, state: &Arc<ConnectionState>) -> Front<CallStack> {
@@ -83,11 +74,11 @@ impl CallService for Fronts {
         self.front(calls.clone(), calls)
     }
 
-    /// For an HTTP/1.1 connection (only made with gRPC-Web on): gRPC-Web and the page; native
-    /// gRPC needs HTTP/2.
-    fn http1(&self, state: &Arc<ConnectionState>) -> Front<NeedsHttp2> {
+    /// For an HTTP/1.1 connection (only made with gRPC-Web on): gRPC-Web, the page and Connect;
+    /// native gRPC needs HTTP/2.
+    fn http1(&self, state: &Arc<ConnectionState>) -> Front<Http1Calls> {
         let calls = self.calls.clone().for_connection(state.clone());
-        self.front(NeedsHttp2, calls)
+        self.front(Http1Calls(calls.clone()), calls)
     }
 }
 
@@ -97,9 +88,6 @@ impl CallService for Fronts {
 pub(in crate::server) struct Front<N> {
     /// Native gRPC: the call stack on HTTP/2, a refusal on HTTP/1.1.
     native: N,
-    /// The call stack, for Connect calls translated into gRPC ones, on either protocol.
-    connect: CallStack,
-    max_message_bytes: usize,
     /// gRPC-Web: CORS, then tonic-web's translation, then the same call stack. Shared, because
     /// hyper clones the whole service for every request, and a CORS layer is costly to clone
     /// (its header lists): native calls would pay for it (-4% of their rate).
@@ -161,11 +149,6 @@ where
         if self.loopback_only && !self.names_loopback(&request) {
             return answer(foreign_host(&request));
         }
-        if let Some(codec) = Codec::of_unary(&request) {
-            let calls = self.connect.clone();
-            let call = connect::unary(calls, request, codec, self.max_message_bytes);
-            return Either::Right(Either::Left(Box::pin(call)));
-        }
         let Some(web) = &self.web else {
             return Either::Left(self.native.call(request));
         };
@@ -201,26 +184,32 @@ fn foreign_host<B>(request: &Request<B>) -> Response<Body> {
     status(StatusCode::MISDIRECTED_REQUEST)
 }
 
-/// Native gRPC on an HTTP/1.1 connection: refused, as gRPC needs HTTP/2 (its trailers, its
-/// streams). Browsers use gRPC-Web, served on the same connection.
-#[derive(Debug, Clone, Copy)]
-pub(in crate::server) struct NeedsHttp2;
+/// What HTTP/1.1 serves besides gRPC-Web and the page: Connect's unary calls, through the call
+/// stack; native gRPC is refused, as it needs HTTP/2 (its trailers, its streams).
+#[derive(Clone)]
+pub(in crate::server) struct Http1Calls(CallStack);
 
-impl<B> Service<Request<B>> for NeedsHttp2 {
+impl<B> Service<Request<B>> for Http1Calls
+where
+    CallStack: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+{
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Ready<Answer>;
+    type Future = Either<<CallStack as Service<Request<B>>>::Future, Ready<Answer>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, _: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        if Codec::of_unary(&request).is_some() {
+            return Either::Left(self.0.call(request));
+        }
         let mut response = status_response(&Status::invalid_argument(
-            "gRPC needs HTTP/2; over HTTP/1.1 this server speaks gRPC-Web only",
+            "gRPC needs HTTP/2; over HTTP/1.1 this server speaks gRPC-Web and Connect",
         ));
         *response.status_mut() = StatusCode::HTTP_VERSION_NOT_SUPPORTED;
-        ready(Ok(response))
+        Either::Right(ready(Ok(response)))
     }
 }
 
