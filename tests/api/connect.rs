@@ -219,3 +219,53 @@ fn connect_es_calls_in_json_and_binary_over_http1_and_http2() {
         }
     }
 }
+
+#[test]
+fn a_connect_body_is_held_in_the_connections_budget() {
+    let server = ServerProcess::start(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--max-buffered-bytes-per-connection",
+        "64000",
+    ]);
+    let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(100_000));
+    let reply = curl(&server, DO_FORMAT, "application/json", big.as_bytes(), &[]);
+    assert_error(&reply, 429, "resource_exhausted", "");
+    let small = curl(
+        &server,
+        DO_FORMAT,
+        "application/json",
+        br#"{"text":"ok"}"#,
+        &[],
+    );
+    assert_eq!(small.status, 200, "{}", small.text());
+}
+
+#[test]
+fn a_connect_body_that_stalls_ends_at_the_stall_timeout() {
+    use std::io::{Read, Write};
+    let server = ServerProcess::start(&["--addr", "127.0.0.1:0", "--stall-timeout", "1"]);
+    let mut socket = std::net::TcpStream::connect(server.addr()).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    write!(
+        socket,
+        "POST {DO_FORMAT} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         content-length: 100\r\n\r\n{{\"text\":"
+    )
+    .unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0; 4096];
+    while !String::from_utf8_lossy(&reply).contains("deadline_exceeded") {
+        match socket.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(read) => reply.extend_from_slice(&buffer[..read]),
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    assert!(reply.contains("--stall-timeout"), "{reply}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

@@ -136,7 +136,12 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let grpc = is_grpc(request.headers());
         if !grpc && let Some(codec) = Codec::of_unary(&request) {
-            let call = connect::unary(self.clone(), request, codec, self.max_message_bytes);
+            let limits = connect::BodyLimits {
+                max_message_bytes: self.max_message_bytes,
+                connection: self.connection.clone(),
+                stall_timeout: self.stall_timeout,
+            };
+            let call = connect::unary(self.clone(), request, codec, limits);
             return CallFuture::Translated {
                 reply: Box::pin(call),
             };

@@ -8,13 +8,13 @@
 //! (prost-reflect): a new RPC speaks it with no code of its own.
 
 use std::convert::Infallible;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use tonic::body::Body;
@@ -25,6 +25,7 @@ use tracing::warn;
 use crate::grpc::framing::{PREFIX_LEN, Prefix};
 use crate::grpc::{self, methods, timeout};
 use crate::pb;
+use crate::server::context::ConnectionState;
 use crate::telemetry::untrusted;
 
 /// How a Connect call's messages are written.
@@ -68,7 +69,7 @@ pub(in crate::server) async fn unary<S, B>(
     calls: S,
     request: Request<B>,
     codec: Codec,
-    max_message_bytes: usize,
+    limits: BodyLimits,
 ) -> Result<Response<Body>, Infallible>
 where
     S: Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible>,
@@ -76,7 +77,7 @@ where
     B::Error: Into<tonic::codegen::StdError>,
 {
     let path = request.uri().path().to_owned();
-    let (method, grpc_request) = match translate(request, codec, max_message_bytes).await {
+    let (method, grpc_request) = match translate(request, codec, limits).await {
         Ok(translated) => translated,
         Err(status) => {
             // Refused before it became a call, so the call layer never logged it.
@@ -103,7 +104,7 @@ where
 async fn translate<B>(
     request: Request<B>,
     codec: Codec,
-    max_message_bytes: usize,
+    limits: BodyLimits,
 ) -> Result<(MethodDescriptor, Request<Full<Bytes>>), Status>
 where
     B: http_body::Body<Data = Bytes>,
@@ -113,18 +114,8 @@ where
         Status::unimplemented(format!("unknown unary method {}", request.uri().path()))
     })?;
     let (parts, body) = request.into_parts();
-    let body = Limited::new(body, max_message_bytes)
-        .collect()
-        .await
-        .map_err(
-            |error| match error.downcast::<http_body_util::LengthLimitError>() {
-                Ok(_) => Status::resource_exhausted(format!(
-                    "request message over the {max_message_bytes}-byte limit (--max-message-bytes)"
-                )),
-                Err(error) => Status::cancelled(format!("the request body broke off: {error}")),
-            },
-        )?
-        .to_bytes();
+    let held = limits.read(body).await?;
+    let body = held.bytes.clone();
     let message = match codec {
         Codec::Proto => body,
         Codec::Json => json_to_proto(&method, &body)?,
@@ -137,6 +128,8 @@ where
     *grpc_request.uri_mut() = parts.uri;
     *grpc_request.headers_mut() = headers;
     *grpc_request.extensions_mut() = parts.extensions;
+    // The body's bytes are given back here: from now on the gRPC call holds its message.
+    drop(held);
     Ok((method, grpc_request))
 }
 
@@ -171,6 +164,78 @@ async fn reply(
         .headers_mut()
         .insert(CONTENT_TYPE, codec.content_type());
     Ok(response)
+}
+
+/// What a Connect request body may take while it is read whole: `--max-message-bytes`, the
+/// connection's byte budget, and `--stall-timeout` between its pieces, as a gRPC request body.
+pub(in crate::server) struct BodyLimits {
+    pub max_message_bytes: usize,
+    pub connection: Option<Arc<ConnectionState>>,
+    pub stall_timeout: Option<Duration>,
+}
+
+/// A body read whole, its bytes held in the connection's budget until dropped.
+struct HeldBody {
+    bytes: Bytes,
+    connection: Option<Arc<ConnectionState>>,
+    held: usize,
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection.buffered.give_back(self.held);
+        }
+    }
+}
+
+impl BodyLimits {
+    async fn read<B>(self, body: B) -> Result<HeldBody, Status>
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        let mut held = HeldBody {
+            bytes: Bytes::new(),
+            connection: self.connection,
+            held: 0,
+        };
+        let mut read = BytesMut::new();
+        let mut body = std::pin::pin!(body);
+        loop {
+            let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx));
+            let frame = match self.stall_timeout {
+                Some(stall) => tokio::time::timeout(stall, next).await.map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "request stalled: no bytes for {stall:?} in the middle of a message \
+                         (--stall-timeout)"
+                    ))
+                })?,
+                None => next.await,
+            };
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|error| {
+                Status::cancelled(format!("the request body broke off: {}", error.into()))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if read.len() + data.len() > self.max_message_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "request message over the {}-byte limit (--max-message-bytes)",
+                    self.max_message_bytes
+                )));
+            }
+            if let Some(connection) = &held.connection {
+                connection.progressed();
+                connection.buffered.take(data.len())?;
+                held.held += data.len();
+            }
+            read.extend_from_slice(&data);
+        }
+        held.bytes = read.freeze();
+        Ok(held)
+    }
 }
 
 /// The request's headers as the gRPC call's metadata: the caller's own (a token, a trace
