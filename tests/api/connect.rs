@@ -5,11 +5,10 @@
 use std::process::Command;
 
 use formatdata::pb::Data;
-use formatdata_test_support::env;
 use formatdata_test_support::process::{ServerProcess, stderr, stdout};
 use prost::Message;
 
-use crate::grpc_web::{descriptor_set_file, run};
+use crate::grpc_web::{node_and_server, run};
 
 const DO_FORMAT: &str = "/example.FormatData/DoFormat";
 
@@ -123,85 +122,92 @@ fn assert_error(reply: &Reply, status: u16, code: &str, words: &str) {
     );
 }
 
+/// A bad call: its path, body and headers, then the HTTP status, Connect code and words its
+/// error must have.
+type ErrorCase<'a> = (&'a str, &'a [u8], &'a [&'a str], u16, &'a str, &'a str);
+
 #[test]
 fn errors_are_connects_with_the_http_status_of_their_code() {
     let server = ServerProcess::start_with_env(
         &["--addr", "127.0.0.1:0", "--max-message-bytes", "64"],
         &[("FORMATDATA_AUTH_TOKEN", "s3cret")],
     );
-    let token = ["-H", "authorization: Bearer s3cret"];
-    let malformed = curl(
-        &server,
-        DO_FORMAT,
-        "application/json",
-        br#"{"text":"#,
-        &token,
-    );
-    assert_error(&malformed, 400, "invalid_argument", "JSON example.Data");
-    let wrong_field = curl(
-        &server,
-        DO_FORMAT,
-        "application/json",
-        br#"{"text":7}"#,
-        &token,
-    );
-    assert_error(&wrong_field, 400, "invalid_argument", "example.Data");
-    let unknown = curl(
-        &server,
-        "/example.FormatData/DoNothing",
-        "application/json",
-        b"{}",
-        &token,
-    );
-    assert_error(
-        &unknown,
-        501,
-        "unimplemented",
-        "/example.FormatData/DoNothing",
-    );
-    let no_token = curl(
-        &server,
-        DO_FORMAT,
-        "application/json",
-        br#"{"text":"hi"}"#,
-        &[],
-    );
-    assert_error(&no_token, 401, "unauthenticated", "");
     let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(100));
-    let too_big = curl(
-        &server,
-        DO_FORMAT,
-        "application/json",
-        big.as_bytes(),
-        &token,
-    );
-    assert_error(&too_big, 429, "resource_exhausted", "64");
-    let bad_timeout = curl(
+    let token = "authorization: Bearer s3cret";
+    let cases: [ErrorCase; 6] = [
+        (
+            DO_FORMAT,
+            br#"{"text":"#,
+            &[token],
+            400,
+            "invalid_argument",
+            "JSON example.Data",
+        ),
+        (
+            DO_FORMAT,
+            br#"{"text":7}"#,
+            &[token],
+            400,
+            "invalid_argument",
+            "example.Data",
+        ),
+        (
+            "/example.FormatData/DoNothing",
+            b"{}",
+            &[token],
+            501,
+            "unimplemented",
+            "DoNothing",
+        ),
+        (
+            DO_FORMAT,
+            br#"{"text":"hi"}"#,
+            &[],
+            401,
+            "unauthenticated",
+            "",
+        ),
+        (
+            DO_FORMAT,
+            big.as_bytes(),
+            &[token],
+            429,
+            "resource_exhausted",
+            "64",
+        ),
+        (
+            DO_FORMAT,
+            br#"{"text":"hi"}"#,
+            &[token, "connect-timeout-ms: soon"],
+            400,
+            "invalid_argument",
+            "connect-timeout-ms",
+        ),
+    ];
+    for (path, body, headers, status, code, words) in cases {
+        let extra: Vec<&str> = headers.iter().flat_map(|header| ["-H", *header]).collect();
+        let reply = curl(&server, path, "application/json", body, &extra);
+        assert_error(&reply, status, code, words);
+    }
+    let within = ["-H", token, "-H", "connect-timeout-ms: 5000"];
+    let reply = curl(
         &server,
         DO_FORMAT,
         "application/json",
         br#"{"text":"hi"}"#,
-        &[token[0], token[1], "-H", "connect-timeout-ms: soon"],
-    );
-    assert_error(&bad_timeout, 400, "invalid_argument", "connect-timeout-ms");
-    let within = curl(
-        &server,
-        DO_FORMAT,
-        "application/json",
-        br#"{"text":"hi"}"#,
-        &[token[0], token[1], "-H", "connect-timeout-ms: 5000"],
+        &within,
     );
     assert_eq!(
-        (within.status, within.text()),
+        (reply.status, reply.text()),
         (200, r#"{"text":"HI"}"#.into())
     );
 }
 
 #[test]
 fn connect_es_calls_in_json_and_binary_over_http1_and_http2() {
-    let Some(node) = env::node() else { return };
-    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
-    let descriptors = descriptor_set_file();
+    let Some((node, server, descriptors)) = node_and_server() else {
+        return;
+    };
     let descriptors = descriptors.path().to_str().unwrap();
     for version in ["1.1", "2"] {
         for format in ["json", "binary"] {

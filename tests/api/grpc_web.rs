@@ -32,9 +32,20 @@ fn script_command(node: &Node, script: &str) -> Command {
     command
 }
 
+/// Node.js, the server binary on default flags (gRPC-Web on, on loopback), and the descriptor
+/// set in a file: what a test of a Node client needs; `None` (the test skips) without Node.js.
+pub(crate) fn node_and_server() -> Option<(&'static Node, ServerProcess, tempfile::NamedTempFile)> {
+    let node = env::node()?;
+    Some((
+        node,
+        ServerProcess::start(&["--addr", "127.0.0.1:0"]),
+        descriptor_set_file(),
+    ))
+}
+
 /// `formatdata::pb::FILE_DESCRIPTOR_SET` in a file, for clients that describe the service at run
 /// time instead of generating code from the `.proto`.
-pub(crate) fn descriptor_set_file() -> tempfile::NamedTempFile {
+fn descriptor_set_file() -> tempfile::NamedTempFile {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), formatdata::pb::FILE_DESCRIPTOR_SET).unwrap();
     file
@@ -42,10 +53,9 @@ pub(crate) fn descriptor_set_file() -> tempfile::NamedTempFile {
 
 #[test]
 fn a_third_party_grpc_web_client_gets_hello_world_over_http1_and_http2() {
-    let Some(node) = env::node() else { return };
-    // Default flags on loopback: gRPC-Web is on.
-    let server = ServerProcess::start(&["--addr", "127.0.0.1:0"]);
-    let descriptors = descriptor_set_file();
+    let Some((node, server, descriptors)) = node_and_server() else {
+        return;
+    };
     let descriptors = descriptors.path().to_str().unwrap();
 
     let http1 = run(
