@@ -10,6 +10,15 @@ use tonic::Status;
 /// Bytes before each message: the compression flag and the length.
 pub(crate) const PREFIX_LEN: usize = 5;
 
+/// `message`, already encoded, as one uncompressed frame.
+pub(crate) fn frame_encoded(message: &[u8]) -> Bytes {
+    let mut framed = BytesMut::with_capacity(PREFIX_LEN + message.len());
+    framed.put_u8(0);
+    framed.put_u32(message.len() as u32);
+    framed.put_slice(message);
+    framed.freeze()
+}
+
 /// `message` as one uncompressed frame.
 pub(crate) fn frame<M: Message>(message: &M) -> Bytes {
     let length = message.encoded_len();

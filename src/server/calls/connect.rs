@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 use tracing::warn;
 
-use crate::grpc::framing::{PREFIX_LEN, Prefix};
+use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
 use crate::grpc::{self, methods, timeout};
 use crate::pb;
 use crate::server::context::ConnectionState;
@@ -123,7 +123,7 @@ where
     let mut headers = grpc_headers(&parts.headers)?;
     headers.insert(CONTENT_TYPE, grpc::GRPC_CONTENT_TYPE);
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-    let mut grpc_request = Request::new(Full::new(frame(&message)));
+    let mut grpc_request = Request::new(Full::new(framing::frame_encoded(&message)));
     *grpc_request.method_mut() = Method::POST;
     *grpc_request.uri_mut() = parts.uri;
     *grpc_request.headers_mut() = headers;
@@ -271,15 +271,6 @@ fn grpc_headers(headers: &HeaderMap) -> Result<HeaderMap, Status> {
         );
     }
     Ok(metadata)
-}
-
-/// `message` framed as a gRPC request body.
-fn frame(message: &[u8]) -> Bytes {
-    let mut framed = BytesMut::with_capacity(PREFIX_LEN + message.len());
-    framed.put_u8(0);
-    framed.put_u32(message.len() as u32);
-    framed.put_slice(message);
-    framed.freeze()
 }
 
 /// The status in `headers` (a trailers-only reply's, or trailers), unless it is OK or absent.
