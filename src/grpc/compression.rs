@@ -6,9 +6,10 @@
 //! the services, so the decision is made once for every path and the server holds only the
 //! compressed bytes of a reply waiting for its client's window.
 
-use std::io::Write;
+use std::io::{Read, Write};
 
 use http::HeaderMap;
+use tonic::Status;
 
 /// The reply encodings the server speaks, in the order it prefers them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +37,10 @@ impl Encoding {
         }
     }
 
-    fn from_name(name: &str) -> Option<Self> {
-        match name.trim() {
+    /// The encoding `name` names, as a list entry of `grpc-accept-encoding` or HTTP's
+    /// `Accept-Encoding` has it (a `;q=` weight ignored).
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        match name.split(';').next().unwrap_or_default().trim() {
             "gzip" => Some(Self::Gzip),
             "zstd" => Some(Self::Zstd),
             _ => None,
@@ -63,6 +66,32 @@ impl Encoding {
         }
         .map(|_| out);
         compressed.ok().filter(|out| out.len() < message.len())
+    }
+
+    /// `data` inflated, refused once past `limit` bytes: a small body can inflate a
+    /// thousandfold, so the bound is kept while inflating, not checked after.
+    pub(crate) fn decompress(self, data: &[u8], limit: usize) -> Result<Vec<u8>, Status> {
+        let mut out = Vec::new();
+        let bound = limit as u64 + 1;
+        let read = match self {
+            Self::Gzip => flate2::read::GzDecoder::new(data)
+                .take(bound)
+                .read_to_end(&mut out),
+            Self::Zstd => zstd::stream::read::Decoder::new(data)
+                .and_then(|decoder| decoder.take(bound).read_to_end(&mut out)),
+        };
+        read.map_err(|error| {
+            Status::invalid_argument(format!(
+                "the message does not {}-decompress: {error}",
+                self.name()
+            ))
+        })?;
+        if out.len() > limit {
+            return Err(Status::resource_exhausted(format!(
+                "decompressed message over the {limit}-byte limit (--max-message-bytes)"
+            )));
+        }
+        Ok(out)
     }
 }
 
@@ -92,9 +121,18 @@ pub(crate) fn reply_encoding(
     request_encoding: Option<&http::HeaderValue>,
     policy: ReplyCompression,
 ) -> Option<Encoding> {
+    choose_encoding(headers.get(GRPC_ACCEPT_ENCODING), request_encoding, policy)
+}
+
+/// The reply encoding under `policy` for a client that accepts the list `accepted` and sent
+/// its request in `request_encoding`; `None`: uncompressed. For gRPC's headers and HTTP's alike.
+pub(crate) fn choose_encoding(
+    accepted: Option<&http::HeaderValue>,
+    request_encoding: Option<&http::HeaderValue>,
+    policy: ReplyCompression,
+) -> Option<Encoding> {
     let accepted = || {
-        headers
-            .get(GRPC_ACCEPT_ENCODING)
+        accepted
             .and_then(|value| value.to_str().ok())
             .into_iter()
             .flat_map(|list| list.split(','))
@@ -154,6 +192,25 @@ mod tests {
             reply_encoding(&zstd, sent.as_ref(), ReplyCompression::Never),
             None
         );
+    }
+
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let text = "A".repeat(10_000);
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let compressed = encoding.compress(text.as_bytes()).unwrap();
+            assert_eq!(
+                encoding.decompress(&compressed, 10_000).unwrap(),
+                text.as_bytes()
+            );
+            let over = encoding.decompress(&compressed, 9_999).unwrap_err();
+            assert_eq!(over.code(), tonic::Code::ResourceExhausted);
+            let broken = encoding
+                .decompress(b"not compressed at all", 100)
+                .unwrap_err();
+            assert_eq!(broken.code(), tonic::Code::InvalidArgument);
+        }
+        assert_eq!(Encoding::from_name(" gzip;q=0.5"), Some(Encoding::Gzip));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(crate) const REFLECTED: &[&[u8]] = &[
 ];
 
 /// Those of reflection itself, which tonic-reflection describes on its own.
-const REFLECTION: &[&[u8]] = &[
+pub(crate) const REFLECTION: &[&[u8]] = &[
     tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
     tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];

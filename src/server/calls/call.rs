@@ -21,7 +21,6 @@ use http::header::CONTENT_TYPE;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use http_body_util::Full;
 use tonic::body::Body;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
@@ -36,7 +35,7 @@ use crate::grpc::{MAX_METADATA_BYTES, is_grpc, metadata_size};
 use crate::otel::{CallSpan, Tracing};
 use crate::server::budget::{self, StreamClaim, shed_status};
 use crate::server::calls::compress::CompressedReplies;
-use crate::server::calls::connect::{self, Codec};
+use crate::server::calls::connect::{self, Shape};
 use crate::server::calls::request_body::RequestBody;
 use crate::server::context::{ClientGone, ConnectionState, client_went_away};
 use crate::server::metrics::{CallMetrics, GrpcMetrics};
@@ -114,8 +113,9 @@ impl<S, B> Service<Request<B>> for Calls<S>
 where
     S: Service<Request<RequestBody<B>>, Response = Response<Body>, Error = Infallible>,
     // A Connect call comes back through a clone of this stack, as a gRPC call.
+    // Its body boxed, so that this stack serves one more body type, not one per protocol.
     S: Service<
-            Request<RequestBody<Full<Bytes>>>,
+            Request<RequestBody<Body>>,
             Response = Response<Body>,
             Error = Infallible,
             Future: Send + 'static,
@@ -135,13 +135,16 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let grpc = is_grpc(request.headers());
-        if !grpc && let Some(codec) = Codec::of_unary(&request) {
-            let limits = connect::BodyLimits {
-                max_message_bytes: self.max_message_bytes,
-                connection: self.connection.clone(),
-                stall_timeout: self.stall_timeout,
+        if !grpc && let Some(shape) = Shape::of(&request) {
+            let settings = connect::Settings {
+                limits: connect::BodyLimits {
+                    max_message_bytes: self.max_message_bytes,
+                    connection: self.connection.clone(),
+                    stall_timeout: self.stall_timeout,
+                },
+                reply_compression: self.reply_compression,
             };
-            let call = connect::unary(self.clone(), request, codec, limits);
+            let call = connect::serve(self.clone(), request, shape, settings);
             return CallFuture::Translated {
                 reply: Box::pin(call),
             };

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::{Either, Ready, ready};
+use http::header::ORIGIN;
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode};
 use tonic::Status;
@@ -23,7 +24,7 @@ use tower_http::cors::{Cors, CorsLayer};
 use crate::grpc::status::status_response;
 use crate::grpc::{is_grpc, is_grpc_web};
 use crate::server::calls::CallStack;
-use crate::server::calls::connect::Codec;
+use crate::server::calls::connect::Shape;
 use crate::server::calls::web::{WebSettings, cors, page, status};
 use crate::server::context::{ClientGone, ConnectionState};
 use crate::server::transport::connection::CallService;
@@ -56,7 +57,8 @@ impl Fronts {
             web: self
                 .cors
                 .as_ref()
-                .map(|cors| Arc::new(cors.layer(GrpcWebLayer::new().layer(calls)))),
+                .map(|cors| Arc::new(cors.layer(GrpcWebLayer::new().layer(calls.clone())))),
+            connect_from_pages: self.cors.as_ref().map(|cors| Arc::new(cors.layer(calls))),
             playground: self.playground,
             loopback_only: self.loopback_only,
             loopback_authority: None,
@@ -92,6 +94,8 @@ pub(in crate::server) struct Front<N> {
     /// hyper clones the whole service for every request, and a CORS layer is costly to clone
     /// (its header lists): native calls would pay for it (-4% of their rate).
     web: Option<Arc<Cors<GrpcWebService<CallStack>>>>,
+    /// Connect calls a web page makes (they carry an `Origin`): CORS, then the call stack.
+    connect_from_pages: Option<Arc<Cors<CallStack>>>,
     /// Whether GET requests for the playground's files are answered.
     playground: bool,
     /// Refuse requests whose host is not a loopback name (see [`WebSettings`]).
@@ -153,12 +157,23 @@ where
             return Either::Left(self.native.call(request));
         };
         let to_web = is_grpc_web(request.headers()) || request.method() == Method::OPTIONS;
-        let to_page = request.method() == Method::GET || request.method() == Method::HEAD;
         if to_web {
             let web = Cors::clone(web);
             let request = ClientGone::track(request);
             return Either::Right(Either::Left(Box::pin(web.oneshot(request))));
         }
+        // A Connect call from a web page gets CORS as gRPC-Web's do. Native calls never carry
+        // an `Origin`: they pay for that one lookup only.
+        if let Some(from_pages) = &self.connect_from_pages
+            && request.headers().contains_key(ORIGIN)
+            && Shape::of(&request).is_some()
+        {
+            let from_pages = Cors::clone(from_pages);
+            let request = ClientGone::track(request);
+            return Either::Right(Either::Left(Box::pin(from_pages.oneshot(request))));
+        }
+        let to_page = (request.method() == Method::GET || request.method() == Method::HEAD)
+            && Shape::of(&request) != Some(Shape::Get);
         if to_page {
             return answer(page(&request, self.playground));
         }
@@ -202,7 +217,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if Codec::of_unary(&request).is_some() {
+        if Shape::of(&request).is_some() {
             return Either::Left(self.0.call(request));
         }
         let mut response = status_response(&Status::invalid_argument(

@@ -50,10 +50,10 @@ pub(in crate::server) struct WebSettings {
     pub loopback_only: bool,
 }
 
-/// CORS for gRPC-Web: POST from the allowed origins, with the headers gRPC-Web clients send, and
-/// the gRPC status headers readable by the page.
+/// CORS for gRPC-Web and Connect: POST (and Connect's GET) from the allowed origins, with the
+/// headers their browser clients send, and the gRPC status headers readable by the page.
 pub(in crate::server) fn cors(origins: &[HeaderValue]) -> CorsLayer {
-    const REQUEST_HEADERS: [HeaderName; 7] = [
+    const REQUEST_HEADERS: [HeaderName; 8] = [
         CONTENT_TYPE,
         http::header::AUTHORIZATION,
         HeaderName::from_static("x-grpc-web"),
@@ -61,6 +61,7 @@ pub(in crate::server) fn cors(origins: &[HeaderValue]) -> CorsLayer {
         HeaderName::from_static("grpc-timeout"),
         HeaderName::from_static("grpc-accept-encoding"),
         HeaderName::from_static("connect-protocol-version"),
+        HeaderName::from_static("connect-timeout-ms"),
     ];
     const STATUS_HEADERS: [HeaderName; 3] = [
         HeaderName::from_static("grpc-status"),
@@ -69,7 +70,8 @@ pub(in crate::server) fn cors(origins: &[HeaderValue]) -> CorsLayer {
     ];
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins.iter().cloned()))
-        .allow_methods([Method::POST])
+        // GET: Connect's calls of methods free of side effects.
+        .allow_methods([Method::POST, Method::GET])
         .allow_headers(REQUEST_HEADERS)
         .expose_headers(STATUS_HEADERS)
         .max_age(PREFLIGHT_MAX_AGE)
