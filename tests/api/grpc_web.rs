@@ -169,7 +169,7 @@ fn grpc_web_post(origin: &str) -> (String, Vec<u8>) {
     (head, body)
 }
 
-fn allowed_origin(response: &str) -> Option<&str> {
+pub(crate) fn allowed_origin(response: &str) -> Option<&str> {
     response.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;
         name.eq_ignore_ascii_case("access-control-allow-origin")

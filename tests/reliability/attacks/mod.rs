@@ -9,6 +9,7 @@
 //! on what the server does, not on an unknown flag.
 
 mod compressed_streams;
+mod connect;
 mod connections;
 mod control_floods;
 mod cpu;

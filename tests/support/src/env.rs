@@ -75,6 +75,38 @@ pub fn node() -> Option<&'static Node> {
         .as_ref()
 }
 
+/// buf's CLI, for `buf curl`: npm's `@bufbuild/buf` carries it for each platform, so it comes
+/// with the packages of `tests/web`. `None` (after one line on stderr) without Node.js, or where
+/// npm has no build of buf for this platform.
+pub fn buf() -> Option<&'static Path> {
+    static BUF: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
+    BUF.get_or_init(find_buf)
+        .as_ref()
+        .unwrap_or_else(|line| fail(line))
+        .as_deref()
+}
+
+fn find_buf() -> Result<Option<PathBuf>, String> {
+    let Some(node) = node() else {
+        return Ok(None);
+    };
+    // `@bufbuild/buf-linux-x64`, `-darwin-arm64`, ...: the one npm installed for this machine.
+    let found = fs::read_dir(node.dir.join("node_modules/@bufbuild"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("buf-"))
+        .map(|entry| entry.path().join("bin/buf"))
+        .find(|program| runs(program));
+    match found {
+        Some(program) => Ok(Some(program)),
+        None => skip(
+            "NODE",
+            "npm installed no build of buf that runs here; the buf curl tests did not run",
+        ),
+    }
+}
+
 /// Chromium, for the browser test. `None` (after one line on stderr saying how to get it) when
 /// there is none.
 pub fn chromium() -> Option<&'static Path> {
