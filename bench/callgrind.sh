@@ -9,12 +9,23 @@
 # Usage: bench/callgrind.sh [NAME=SERVER_BINARY ...]   (default: formatdata's release build)
 #        FEW=2000 MANY=22000 bench/callgrind.sh old=/tmp/old/server new=target/release/server
 #        HEADERS=grpcio bench/callgrind.sh   (a real client's headers, from bench/headers/)
+#        PROTOCOL=connect-json bench/callgrind.sh   (the call as Connect: connect-json, connect-proto)
 # Needs: valgrind, h2load (Debian: valgrind, nghttp2-client), python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-FEW=${FEW:-2000} MANY=${MANY:-22000} HEADERS=${HEADERS:-}
+FEW=${FEW:-2000} MANY=${MANY:-22000} HEADERS=${HEADERS:-} PROTOCOL=${PROTOCOL:-grpc}
 headers=(-H 'content-type: application/grpc' -H 'te: trailers')
+request='\x00\x00\x00\x00\x0e\x0a\x0chello,world!'
+case $PROTOCOL in
+  grpc) ;;
+  # What Connect-ES and connect-go send for a unary call, less the user agent.
+  connect-json) headers=(-H 'content-type: application/json' -H 'connect-protocol-version: 1')
+    request='{"text":"hello,world!"}' ;;
+  connect-proto) headers=(-H 'content-type: application/proto' -H 'connect-protocol-version: 1')
+    request='\x0a\x0chello,world!' ;;
+  *) echo "callgrind.sh: PROTOCOL is grpc, connect-json or connect-proto" >&2; exit 1 ;;
+esac
 if [ -n "$HEADERS" ]; then
   headers=()
   while IFS= read -r line; do
@@ -31,7 +42,7 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-printf '\x00\x00\x00\x00\x0e\x0a\x0chello,world!' > "$work/request.bin"
+printf "$request" > "$work/request.bin"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # instructions BINARY CALLS: total instructions of a server run that served CALLS calls.

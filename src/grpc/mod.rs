@@ -45,11 +45,28 @@ pub(crate) fn metadata_size<B>(request: &http::Request<B>) -> usize {
 /// The content type of gRPC requests and replies.
 pub(crate) const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
-/// gRPC-Web's content types: `application/grpc-web`, `-web+proto`, `-web-text`, ...
-pub(crate) fn is_grpc_web(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc-web"))
+/// Which of gRPC's content types a request has, at a glance: `application/grpc...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// gRPC-Web's: `application/grpc-web`, `-web+proto`, `-web-text`, ...
+    GrpcWeb,
+    /// gRPC's own, in any codec (which [`is_grpc`] then checks).
+    Grpc,
+    /// Anything else.
+    Other,
+}
+
+impl Family {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .map_or(&b""[..], HeaderValue::as_bytes);
+        match content_type.strip_prefix(b"application/grpc") {
+            Some(rest) if rest.starts_with(b"-web") => Self::GrpcWeb,
+            Some(_) => Self::Grpc,
+            None => Self::Other,
+        }
+    }
 }
 
 /// gRPC with protobuf messages: `application/grpc` or `application/grpc+proto`, optionally

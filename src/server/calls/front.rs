@@ -22,7 +22,7 @@ use tower::{Layer, Service, ServiceExt};
 use tower_http::cors::{Cors, CorsLayer};
 
 use crate::grpc::status::status_response;
-use crate::grpc::{is_grpc, is_grpc_web};
+use crate::grpc::{Family, is_grpc};
 use crate::server::calls::CallStack;
 use crate::server::calls::connect::Shape;
 use crate::server::calls::web::{WebSettings, cors, page, status};
@@ -156,14 +156,17 @@ where
         let Some(web) = &self.web else {
             return Either::Left(self.native.call(request));
         };
-        let to_web = is_grpc_web(request.headers()) || request.method() == Method::OPTIONS;
+        let family = Family::of(request.headers());
+        let to_web = family == Family::GrpcWeb || request.method() == Method::OPTIONS;
         if to_web {
             let web = Cors::clone(web);
             let request = ClientGone::track(request);
             return Either::Right(Either::Left(Box::pin(web.oneshot(request))));
         }
-        // A Connect call from a web page gets CORS as gRPC-Web's do. Native calls never carry
-        // an `Origin`: they pay for that one lookup only.
+        if family == Family::Grpc {
+            return Either::Left(self.native.call(request));
+        }
+        // A Connect call from a web page gets CORS as gRPC-Web's do.
         if let Some(from_pages) = &self.connect_from_pages
             && request.headers().contains_key(ORIGIN)
             && Shape::of(&request).is_some()

@@ -152,7 +152,7 @@ where
         Codec::Json => json_to_proto(&method.input(), &plain)?,
     };
     let reply_encoding = choose_encoding(
-        parts.headers.get(ACCEPT_ENCODING),
+        || parts.headers.get(ACCEPT_ENCODING),
         parts.headers.get(CONTENT_ENCODING),
         settings.reply_compression,
     );
