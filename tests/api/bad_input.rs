@@ -94,6 +94,17 @@ async fn a_content_type_not_served_is_refused_with_415_naming_what_is() {
         assert!(message.contains("send application/grpc"), "{message}");
         assert!(!message.contains("Some("), "no debug formatting: {message}");
     }
+    // The same over HTTP/1.1.
+    let head = format!(
+        "POST {DO_FORMAT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/plain\r\n\
+         Content-Length: 5\r\nConnection: close\r\n\r\n"
+    );
+    let reply = raw::http1(app.addr, &head, b"hello").await;
+    assert!(reply.starts_with("HTTP/1.1 415"), "{reply}");
+    assert!(
+        reply.contains("application/json"),
+        "names what is served: {reply}"
+    );
     assert_still_serving(&app).await;
 }
 

@@ -241,8 +241,8 @@ where
                 });
             let status = Status::invalid_argument(format!(
                 "content type {given} is not served here: send application/grpc (gRPC), \
-                 application/json or application/proto (Connect), or application/grpc-web \
-                 where the server enables gRPC-Web"
+                 application/json or application/proto (Connect; application/connect+json or \
+                 +proto to stream), or application/grpc-web where the server enables gRPC-Web"
             ));
             // HTTP 415 as the gRPC spec asks, so plain HTTP clients understand too; grpc-status
             // as grpc-go sends it, so gRPC clients get a real status rather than UNKNOWN.

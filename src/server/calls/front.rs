@@ -202,8 +202,9 @@ fn foreign_host<B>(request: &Request<B>) -> Response<Body> {
     status(StatusCode::MISDIRECTED_REQUEST)
 }
 
-/// What HTTP/1.1 serves besides gRPC-Web and the page: Connect's unary calls, through the call
-/// stack; native gRPC is refused, as it needs HTTP/2 (its trailers, its streams).
+/// What HTTP/1.1 serves besides gRPC-Web and the page: Connect's calls, through the call stack,
+/// which also answers other content types with 415; native gRPC is refused, as it needs HTTP/2
+/// (its trailers, its streams).
 #[derive(Clone)]
 pub(in crate::server) struct Http1Calls(CallStack);
 
@@ -220,7 +221,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        if Shape::of(&request).is_some() {
+        if Family::of(request.headers()) != Family::Grpc {
             return Either::Left(self.0.call(request));
         }
         let mut response = status_response(&Status::invalid_argument(
