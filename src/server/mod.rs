@@ -20,8 +20,10 @@
 //!    reply within the peer's window; `control_frames.rs` counts the frames going through and
 //!    closes a connection that floods control frames.
 //! 4. `front.rs`: refuses a request naming a foreign host on a loopback-only server; sends
-//!    gRPC-Web to `web.rs` (tonic-web, CORS) and GET to the playground, native gRPC onward.
-//! 5. `call.rs`: the call is admitted (gRPC content type, its cost in the budget of
+//!    gRPC-Web to `web.rs` (tonic-web, CORS) and GET to the playground (unless it calls a
+//!    method, as Connect may), native gRPC and the rest onward.
+//! 5. `call.rs`: a Connect call is translated (`connect/`) and comes back through this same
+//!    stack as a gRPC call. The call is admitted (gRPC content type, its cost in the budget of
 //!    `budget.rs`), its request body wrapped by `request_body.rs` (framing checked as it
 //!    arrives, bytes held, stalls timed, a client that went away made CANCELLED), and its end
 //!    accounted once: log line, metrics (`metrics.rs`), in-flight count. A stream's stake in

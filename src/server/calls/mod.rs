@@ -1,9 +1,10 @@
 //! The call layers: what happens to a request once the transport hands it over, in the order a
-//! call meets them. `front.rs` dispatches (foreign hosts refused, gRPC-Web through `web.rs`,
-//! the playground, Connect through `connect.rs`, native gRPC); `call.rs` admits and accounts each call, its request body
-//! followed by `request_body.rs` and its replies compressed by `compress.rs`; `deadline.rs`
-//! holds the caller's deadline; `fast_path.rs` answers plain unary DoFormat; `auth.rs` checks
-//! the bearer token in front of FormatData. `../stack.rs` assembles them.
+//! call meets them. `front.rs` dispatches (foreign hosts refused, gRPC-Web through `web.rs`, the
+//! playground, native gRPC and the rest); `call.rs` admits and accounts each call, sends a
+//! Connect call through `connect/` to come back as a gRPC call, has its request body followed by
+//! `request_body.rs` and its replies compressed by `compress.rs`; `deadline.rs` holds the
+//! caller's deadline; `fast_path.rs` answers plain unary DoFormat; `auth.rs` checks the bearer
+//! token in front of FormatData. `../stack.rs` assembles them.
 
 pub(super) mod auth;
 pub(super) mod call;
