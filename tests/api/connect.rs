@@ -149,7 +149,7 @@ fn errors_are_connects_with_the_http_status_of_their_code() {
     );
     let big = format!(r#"{{"text":"{}"}}"#, "a".repeat(100));
     let token = "authorization: Bearer s3cret";
-    let cases: [ErrorCase; 6] = [
+    let cases: [ErrorCase; 7] = [
         (
             DO_FORMAT,
             br#"{"text":"#,
@@ -197,6 +197,14 @@ fn errors_are_connects_with_the_http_status_of_their_code() {
             400,
             "invalid_argument",
             "connect-timeout-ms",
+        ),
+        (
+            DO_FORMAT,
+            br#"{"text":"hi"}"#,
+            &[token, "connect-protocol-version: 2"],
+            400,
+            "invalid_argument",
+            "send 1",
         ),
     ];
     for (path, body, headers, status, code, words) in cases {
@@ -485,6 +493,20 @@ fn streams_go_in_envelopes_and_end_with_the_status() {
     assert_eq!(
         (replies[1].0, &end["error"]["code"]),
         (2, &"resource_exhausted".into())
+    );
+    // Reflection, in JSON too.
+    let list = envelope(0, br#"{"listServices":""}"#);
+    let reflection = curl(
+        &server,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "application/connect+json",
+        &list,
+        &h2,
+    );
+    let replies = envelopes(&reflection.body);
+    assert!(
+        replies[0].1.contains(r#"{"name":"example.FormatData"}"#),
+        "{replies:?}"
     );
     // Over HTTP/1.1 a stream both ways cannot be carried: 505, saying so.
     let http1 = curl(

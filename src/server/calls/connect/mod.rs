@@ -104,10 +104,20 @@ where
 }
 
 const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
+const CONNECT_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("connect-protocol-version");
 
 /// The request's headers as the gRPC call's metadata: the caller's own (a token, a trace
 /// context) kept, Connect's turned into gRPC's, HTTP's about the body dropped.
 fn grpc_headers(headers: &HeaderMap) -> Result<HeaderMap, Status> {
+    // Optional (curl sends none), but a client speaking another version is told so.
+    if let Some(version) = headers.get(CONNECT_PROTOCOL_VERSION)
+        && version != "1"
+    {
+        return Err(Status::invalid_argument(format!(
+            "connect-protocol-version {} is not spoken here: send 1",
+            String::from_utf8_lossy(version.as_bytes())
+        )));
+    }
     let mut metadata = HeaderMap::with_capacity(headers.len() + 2);
     for (name, value) in headers {
         let own = name.as_str().starts_with("connect-")
