@@ -10,11 +10,9 @@ use formatdata_test_support::env;
 use formatdata_test_support::process::{ServerProcess, stderr, stdout};
 use prost::Message;
 
-use formatdata::server::ServerConfig;
-use formatdata_test_support::app::spawn_app_with;
 use formatdata_test_support::raw::http1;
 
-use crate::grpc_web::{allowed_origin, node_and_server, run};
+use crate::grpc_web::{allowed_origin, app_allowing_one_origin, node_and_server, run};
 
 const DO_FORMAT: &str = "/example.FormatData/DoFormat";
 const DO_FORMAT_STREAM: &str = "/example.FormatData/DoFormatStream";
@@ -226,29 +224,37 @@ fn errors_are_connects_with_the_http_status_of_their_code() {
     );
 }
 
-#[test]
-fn connect_es_calls_by_post_and_get_in_json_and_binary_over_http1_and_http2() {
+/// Runs `test` with Connect-ES's client (`tests/web/connect_client.mjs`) against a new server:
+/// `client(args)` runs it with `args` after the server's address and the descriptors. Without
+/// Node.js the test skips.
+fn with_connect_es(test: impl FnOnce(&dyn Fn(&[&str]) -> Output)) {
     let Some((node, server, descriptors)) = node_and_server() else {
         return;
     };
-    let descriptors = descriptors.path().to_str().unwrap();
-    for version in ["1.1", "2"] {
-        for format in ["json", "binary"] {
-            for (call, sent) in [("post", "POST"), ("get", "GET")] {
-                let output = run(
-                    node,
-                    "connect_client.mjs",
-                    &[&server.addr(), descriptors, version, format, call, "straße"],
-                );
-                assert_eq!(
-                    stdout(&output),
-                    format!("sent: {sent}\nreceived: STRASSE\n"),
-                    "HTTP/{version} {format} {call}: {}",
-                    stderr(&output)
-                );
+    let (addr, descriptors) = (server.addr(), descriptors.path().to_str().unwrap());
+    test(&|args: &[&str]| {
+        let args = [&[addr.as_str(), descriptors], args].concat();
+        run(node, "connect_client.mjs", &args)
+    });
+}
+
+#[test]
+fn connect_es_calls_by_post_and_get_in_json_and_binary_over_http1_and_http2() {
+    with_connect_es(|client| {
+        for version in ["1.1", "2"] {
+            for format in ["json", "binary"] {
+                for (call, sent) in [("post", "POST"), ("get", "GET")] {
+                    let output = client(&[version, format, call, "straße"]);
+                    assert_eq!(
+                        stdout(&output),
+                        format!("sent: {sent}\nreceived: STRASSE\n"),
+                        "HTTP/{version} {format} {call}: {}",
+                        stderr(&output)
+                    );
+                }
             }
         }
-    }
+    });
 }
 
 #[test]
@@ -303,38 +309,21 @@ fn a_connect_body_that_stalls_ends_at_the_stall_timeout() {
 
 #[test]
 fn connect_es_streams_both_ways_over_http2_and_is_told_why_not_over_http1() {
-    let Some((node, server, descriptors)) = node_and_server() else {
-        return;
-    };
-    let descriptors = descriptors.path().to_str().unwrap();
-    for format in ["json", "binary"] {
-        let stream = |version| {
-            run(
-                node,
-                "connect_client.mjs",
-                &[
-                    &server.addr(),
-                    descriptors,
-                    version,
-                    format,
-                    "stream",
-                    "a",
-                    "straße",
-                ],
-            )
-        };
-        let output = stream("2");
-        assert_eq!(
-            stdout(&output),
-            "received: A\nreceived: STRASSE\n",
-            "{format}: {}",
-            stderr(&output)
-        );
-        // 505, and the connection closed, as connect-go does: the client is not left waiting
-        // for replies to a request it has not finished sending.
-        let output = stream("1.1");
-        assert!(!output.status.success(), "{format}: {}", stdout(&output));
-    }
+    with_connect_es(|client| {
+        for format in ["json", "binary"] {
+            let output = client(&["2", format, "stream", "a", "straße"]);
+            assert_eq!(
+                stdout(&output),
+                "received: A\nreceived: STRASSE\n",
+                "{format}: {}",
+                stderr(&output)
+            );
+            // 505, and the connection closed, as connect-go does: the client is not left
+            // waiting for replies to a request it has not finished sending.
+            let output = client(&["1.1", format, "stream", "a", "straße"]);
+            assert!(!output.status.success(), "{format}: {}", stdout(&output));
+        }
+    });
 }
 
 #[test]
@@ -598,11 +587,7 @@ fn buf_curl_calls_over_connect_with_the_schema_and_through_reflection() {
 
 #[tokio::test]
 async fn pages_on_allowed_origins_may_call_by_post_and_get() {
-    let app = spawn_app_with(ServerConfig {
-        cors_origins: vec![http::HeaderValue::from_static("https://allowed.example")],
-        ..ServerConfig::default()
-    })
-    .await;
+    let app = app_allowing_one_origin().await;
     let body = br#"{"text":"cors"}"#;
     let post = |origin: &str| {
         format!(

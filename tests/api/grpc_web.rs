@@ -14,7 +14,7 @@ use formatdata::server::ServerConfig;
 use formatdata_test_support::env::{self, Node};
 use nix::sys::signal::Signal;
 
-use formatdata_test_support::app::spawn_app_with;
+use formatdata_test_support::app::{TestApp, spawn_app_with};
 use formatdata_test_support::process::{ServerProcess, stderr, stdout};
 use formatdata_test_support::raw::http1;
 
@@ -177,13 +177,18 @@ pub(crate) fn allowed_origin(response: &str) -> Option<&str> {
     })
 }
 
-#[tokio::test]
-async fn cors_lets_only_the_allowed_origins_call() {
-    let app = spawn_app_with(ServerConfig {
+/// The app, allowing pages on `https://allowed.example` to call it.
+pub(crate) async fn app_allowing_one_origin() -> TestApp {
+    spawn_app_with(ServerConfig {
         cors_origins: vec![http::HeaderValue::from_static("https://allowed.example")],
         ..ServerConfig::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn cors_lets_only_the_allowed_origins_call() {
+    let app = app_allowing_one_origin().await;
 
     let allowed = http1(app.addr, &preflight("https://allowed.example"), b"").await;
     let other = http1(app.addr, &preflight("https://other.example"), b"").await;

@@ -49,12 +49,8 @@ pub struct Python {
 /// Python with the interop tests' packages, set up on first use. `None` (after one line on
 /// stderr saying so) when the machine has no Python.
 pub fn python() -> Option<&'static Python> {
-    static PYTHON: OnceLock<Result<Option<Python>, String>> = OnceLock::new();
-    PYTHON
-        .get_or_init(set_up_python)
-        .as_ref()
-        .unwrap_or_else(|line| fail(line))
-        .as_ref()
+    static PYTHON: OnceLock<SetUp<Python>> = OnceLock::new();
+    once(&PYTHON, set_up_python)
 }
 
 /// Node.js with the packages of `tests/web`.
@@ -68,22 +64,16 @@ pub struct Node {
 /// Node.js with the gRPC-Web tests' packages, set up on first use. `None` (after one line on
 /// stderr saying so) when the machine has no Node.js.
 pub fn node() -> Option<&'static Node> {
-    static NODE: OnceLock<Result<Option<Node>, String>> = OnceLock::new();
-    NODE.get_or_init(set_up_node)
-        .as_ref()
-        .unwrap_or_else(|line| fail(line))
-        .as_ref()
+    static NODE: OnceLock<SetUp<Node>> = OnceLock::new();
+    once(&NODE, set_up_node)
 }
 
 /// buf's CLI, for `buf curl`: npm's `@bufbuild/buf` carries it for each platform, so it comes
 /// with the packages of `tests/web`. `None` (after one line on stderr) without Node.js, or where
 /// npm has no build of buf for this platform.
 pub fn buf() -> Option<&'static Path> {
-    static BUF: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
-    BUF.get_or_init(find_buf)
-        .as_ref()
-        .unwrap_or_else(|line| fail(line))
-        .as_deref()
+    static BUF: OnceLock<SetUp<PathBuf>> = OnceLock::new();
+    once(&BUF, find_buf).map(PathBuf::as_path)
 }
 
 fn find_buf() -> Result<Option<PathBuf>, String> {
@@ -110,12 +100,23 @@ fn find_buf() -> Result<Option<PathBuf>, String> {
 /// Chromium, for the browser test. `None` (after one line on stderr saying how to get it) when
 /// there is none.
 pub fn chromium() -> Option<&'static Path> {
-    static CHROMIUM: OnceLock<Result<Option<PathBuf>, String>> = OnceLock::new();
-    CHROMIUM
-        .get_or_init(find_chromium)
+    static CHROMIUM: OnceLock<SetUp<PathBuf>> = OnceLock::new();
+    once(&CHROMIUM, find_chromium).map(PathBuf::as_path)
+}
+
+/// What setting a tool up came to: the tool, `None` when the machine lacks what it needs (the
+/// tests skip), or the one line saying why it failed.
+type SetUp<T> = Result<Option<T>, String>;
+
+/// What `set_up` came to, run once per test binary; a failure fails each test that asks.
+fn once<T: Send + Sync>(
+    cell: &'static OnceLock<SetUp<T>>,
+    set_up: fn() -> SetUp<T>,
+) -> Option<&'static T> {
+    cell.get_or_init(set_up)
         .as_ref()
         .unwrap_or_else(|line| fail(line))
-        .as_deref()
+        .as_ref()
 }
 
 fn set_up_python() -> Result<Option<Python>, String> {
