@@ -19,6 +19,8 @@ mod unary;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tonic::body::Body;
@@ -106,9 +108,30 @@ where
 const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
 const CONNECT_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("connect-protocol-version");
 
+/// When the call must be over, if `Connect-Timeout-Ms` says: from when its request came, so a
+/// unary body read whole counts against it.
+fn deadline(headers: &HeaderMap) -> Result<Option<Instant>, Status> {
+    let Some(value) = headers.get(CONNECT_TIMEOUT_MS) else {
+        return Ok(None);
+    };
+    let millis: u64 = value
+        .to_str()
+        .ok()
+        .filter(|text| (1..=10).contains(&text.len()))
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "connect-timeout-ms must be a positive number of at most 10 digits, not {}",
+                String::from_utf8_lossy(value.as_bytes())
+            ))
+        })?;
+    Ok(Some(Instant::now() + Duration::from_millis(millis)))
+}
+
 /// The request's headers as the gRPC call's metadata: the caller's own (a token, a trace
-/// context) kept, Connect's turned into gRPC's, HTTP's about the body dropped.
-fn grpc_headers(headers: &HeaderMap) -> Result<HeaderMap, Status> {
+/// context) kept, Connect's turned into gRPC's (`deadline` as `grpc-timeout`), HTTP's about the
+/// body dropped.
+fn grpc_headers(headers: &HeaderMap, deadline: Option<Instant>) -> Result<HeaderMap, Status> {
     // Optional (curl sends none), but a client speaking another version is told so.
     if let Some(version) = headers.get(CONNECT_PROTOCOL_VERSION)
         && version != "1"
@@ -136,21 +159,13 @@ fn grpc_headers(headers: &HeaderMap) -> Result<HeaderMap, Status> {
             metadata.append(name.clone(), value.clone());
         }
     }
-    if let Some(value) = headers.get(CONNECT_TIMEOUT_MS) {
-        let millis: u64 = value
-            .to_str()
-            .ok()
-            .filter(|text| (1..=10).contains(&text.len()))
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "connect-timeout-ms must be a positive number of at most 10 digits, not {}",
-                    String::from_utf8_lossy(value.as_bytes())
-                ))
-            })?;
+    if let Some(deadline) = deadline {
+        // What is left of it once the request is read; a deadline already passed still goes
+        // as one, so the call fails as late calls do.
+        let left = deadline.saturating_duration_since(Instant::now());
         metadata.insert(
             timeout::GRPC_TIMEOUT,
-            timeout::write(Duration::from_millis(millis)),
+            timeout::write(left.max(Duration::from_millis(1))),
         );
     }
     metadata.insert(CONTENT_TYPE, crate::grpc::GRPC_CONTENT_TYPE);

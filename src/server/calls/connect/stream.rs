@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 use tower::{Service, ServiceExt};
 
 use super::messages::{self, json_to_proto, proto_to_json};
-use super::{Codec, Settings, content_encoding, error_json, grpc_headers, refused};
+use super::{Codec, Settings, content_encoding, deadline, error_json, grpc_headers, refused};
 use crate::grpc::compression::{Encoding, GRPC_ACCEPT_ENCODING, GRPC_ENCODING};
 use crate::grpc::framing::{self, Admission, PREFIX_LEN, Prefix};
 use crate::server::calls::request_body::RequestBody;
@@ -106,7 +106,9 @@ where
         ));
     }
     let (mut parts, body) = request.into_parts();
-    let mut headers = grpc_headers(&parts.headers).map_err(|status| (ok, status))?;
+    let mut headers = deadline(&parts.headers)
+        .and_then(|deadline| grpc_headers(&parts.headers, deadline))
+        .map_err(|status| (ok, status))?;
     let sent_encoding = parts.headers.get(CONNECT_CONTENT_ENCODING);
     let body = match codec {
         Codec::Proto => {

@@ -20,7 +20,9 @@ use tonic::body::Body;
 use tower::{Service, ServiceExt};
 
 use super::messages::{self, json_to_proto, proto_to_json};
-use super::{Codec, Settings, content_encoding, error_json, error_status, grpc_headers, refused};
+use super::{
+    Codec, Settings, content_encoding, deadline, error_json, error_status, grpc_headers, refused,
+};
 use crate::grpc::compression::{Encoding, choose_encoding};
 use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
 use crate::server::context::ConnectionState;
@@ -114,6 +116,7 @@ where
         .ok_or_else(|| Status::unimplemented(format!("unknown method {path}")))?;
     let unary = !method.is_client_streaming() && !method.is_server_streaming();
     let (parts, body) = request.into_parts();
+    let deadline = deadline(&parts.headers)?;
     let limit = settings.limits.max_message_bytes;
     let held;
     let (codec, encoding, sent) = match codec {
@@ -124,7 +127,19 @@ where
             .into());
         }
         Some(codec) => {
-            held = settings.limits.read(body).await?;
+            let read = settings.limits.read(body);
+            held = match deadline {
+                Some(deadline) => {
+                    tokio::time::timeout_at(deadline, read)
+                        .await
+                        .map_err(|_| {
+                            Status::deadline_exceeded(
+                                "the request did not arrive within its connect-timeout-ms",
+                            )
+                        })??
+                }
+                None => read.await?,
+            };
             let encoding = content_encoding(parts.headers.get(CONTENT_ENCODING))?;
             (codec, encoding, held.bytes.clone())
         }
@@ -159,7 +174,7 @@ where
     let mut grpc_request = Request::new(Body::new(Full::new(framing::frame_encoded(&message))));
     *grpc_request.method_mut() = Method::POST;
     *grpc_request.uri_mut() = parts.uri;
-    *grpc_request.headers_mut() = grpc_headers(&parts.headers)?;
+    *grpc_request.headers_mut() = grpc_headers(&parts.headers, deadline)?;
     *grpc_request.extensions_mut() = parts.extensions;
     // The body's bytes are given back here: from now on the gRPC call holds its message.
     drop(held);
