@@ -196,8 +196,8 @@ impl Server {
             max_message_bytes: config.max_message_bytes,
         };
         let web = web_settings(&config, listeners.local_addrs());
-        let fronts = Fronts::new(http_service(routes, calls, &config), &web);
-        let connection = ConnectionSettings {
+        let fronts = Arc::new(Fronts::new(http_service(routes, calls, &config), &web));
+        let connection = Arc::new(ConnectionSettings {
             tls: tls.as_ref().map(|tls| tls::acceptor(tls, web.grpc_web)),
             handshake_timeout: config.handshake_timeout,
             http2: Http2Settings {
@@ -208,7 +208,7 @@ impl Server {
             stall_timeout: config.stall_timeout,
             idle_timeout: config.idle_timeout,
             max_buffered_bytes: config.max_buffered_bytes_per_connection,
-        };
+        });
         log_startup(&listeners, &config, max_connections, &web);
 
         // Every connection watches this; a value sent means "drain": GOAWAY, finish, close.

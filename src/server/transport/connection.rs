@@ -67,11 +67,15 @@ impl ConnectionSettings {
     /// Serves one connection until it closes or is dropped for misbehaving, with the services
     /// `calls` makes for it. When `drain` changes (or its sender goes), the connection is
     /// drained: GOAWAY, calls in progress finish, then it closes.
+    ///
+    /// The settings and `calls` are the server's, shared by every connection: each connection's
+    /// task holds a pointer to them, not a copy (an async function's arguments stay in its
+    /// future for as long as it runs, beside what it moved them into).
     pub(in crate::server) async fn serve<C: CallService>(
-        self,
+        self: Arc<Self>,
         stream: TcpStream,
         slot: PeerSlot,
-        calls: C,
+        calls: Arc<C>,
         drain: watch::Receiver<()>,
     ) {
         let peer = stream.peer_addr().ok();
@@ -82,7 +86,7 @@ impl ConnectionSettings {
         );
         let mut connection = Connection {
             settings: &self,
-            calls,
+            calls: &*calls,
             state: Arc::new(ConnectionState::new(peer, buffered, slot)),
             drain,
             deadline: Instant::now() + self.handshake_timeout,
@@ -120,7 +124,7 @@ pub(in crate::server) trait CallService: Send + 'static {
 /// One connection being served: what each of its protocols needs.
 struct Connection<'a, C> {
     settings: &'a ConnectionSettings,
-    calls: C,
+    calls: &'a C,
     state: Arc<ConnectionState>,
     drain: watch::Receiver<()>,
     /// When the TLS handshake and the first request bytes must have come.
