@@ -36,7 +36,7 @@ use crate::server::transport::connection::CallService;
 pub(in crate::server) struct Fronts {
     calls: CallStack,
     /// Set when gRPC-Web is served; the CORS layer, built once from `--cors-origin`.
-    cors: Option<CorsLayer>,
+    cors: Option<Arc<CorsLayer>>,
     playground: bool,
     loopback_only: bool,
 }
@@ -45,7 +45,9 @@ impl Fronts {
     pub(in crate::server) fn new(calls: CallStack, settings: &WebSettings) -> Self {
         Self {
             calls,
-            cors: settings.grpc_web.then(|| cors(&settings.cors_origins)),
+            cors: settings
+                .grpc_web
+                .then(|| Arc::new(cors(&settings.cors_origins))),
             playground: settings.playground,
             loopback_only: settings.loopback_only,
         }
@@ -54,11 +56,11 @@ impl Fronts {
     fn front<N>(&self, native: N, calls: CallStack) -> Front<N> {
         Front {
             native,
-            web: self
-                .cors
-                .as_ref()
-                .map(|cors| Arc::new(cors.layer(GrpcWebLayer::new().layer(calls.clone())))),
-            connect_from_pages: self.cors.as_ref().map(|cors| Arc::new(cors.layer(calls))),
+            web: self.cors.as_ref().map(|cors| WebStacks {
+                cors: cors.clone(),
+                calls,
+                built: None,
+            }),
             playground: self.playground,
             loopback_only: self.loopback_only,
             loopback_authority: None,
@@ -80,7 +82,12 @@ impl CallService for Fronts {
     /// native gRPC needs HTTP/2.
     fn http1(&self, state: &Arc<ConnectionState>) -> Front<Http1Calls> {
         let calls = self.calls.clone().for_connection(state.clone());
-        self.front(Http1Calls(calls.clone()), calls)
+        let mut front = self.front(Http1Calls(calls.clone()), calls);
+        // Built now, so that the copy hyper makes of this service for each request shares them.
+        if let Some(web) = &mut front.web {
+            web.built();
+        }
+        front
     }
 }
 
@@ -90,12 +97,8 @@ impl CallService for Fronts {
 pub(in crate::server) struct Front<N> {
     /// Native gRPC: the call stack on HTTP/2, a refusal on HTTP/1.1.
     native: N,
-    /// gRPC-Web: CORS, then tonic-web's translation, then the same call stack. Shared, because
-    /// hyper clones the whole service for every request, and a CORS layer is costly to clone
-    /// (its header lists): native calls would pay for it (-4% of their rate).
-    web: Option<Arc<Cors<GrpcWebService<CallStack>>>>,
-    /// Connect calls a web page makes (they carry an `Origin`): CORS, then the call stack.
-    connect_from_pages: Option<Arc<Cors<CallStack>>>,
+    /// What calls from web pages go through, when gRPC-Web is served.
+    web: Option<WebStacks>,
     /// Whether GET requests for the playground's files are answered.
     playground: bool,
     /// Refuse requests whose host is not a loopback name (see [`WebSettings`]).
@@ -153,27 +156,24 @@ where
         if self.loopback_only && !self.names_loopback(&request) {
             return answer(foreign_host(&request));
         }
-        let Some(web) = &self.web else {
+        let Some(web) = &mut self.web else {
             return Either::Left(self.native.call(request));
         };
         let family = Family::of(request.headers());
         let to_web = family == Family::GrpcWeb || request.method() == Method::OPTIONS;
         if to_web {
-            let web = Cors::clone(web);
+            let grpc_web = web.built().grpc_web.clone();
             let request = ClientGone::track(request);
-            return Either::Right(Either::Left(Box::pin(web.oneshot(request))));
+            return Either::Right(Either::Left(Box::pin(grpc_web.oneshot(request))));
         }
         if family == Family::Grpc {
             return Either::Left(self.native.call(request));
         }
         // A Connect call from a web page gets CORS as gRPC-Web's do.
-        if let Some(from_pages) = &self.connect_from_pages
-            && request.headers().contains_key(ORIGIN)
-            && Shape::of(&request).is_some()
-        {
-            let from_pages = Cors::clone(from_pages);
+        if request.headers().contains_key(ORIGIN) && Shape::of(&request).is_some() {
+            let connect = web.built().connect.clone();
             let request = ClientGone::track(request);
-            return Either::Right(Either::Left(Box::pin(from_pages.oneshot(request))));
+            return Either::Right(Either::Left(Box::pin(connect.oneshot(request))));
         }
         let to_page = (request.method() == Method::GET || request.method() == Method::HEAD)
             && Shape::of(&request) != Some(Shape::Get);
@@ -181,6 +181,37 @@ where
             return answer(page(&request, self.playground));
         }
         Either::Left(self.native.call(request))
+    }
+}
+
+/// The stacks of a connection's calls from web pages, CORS in front of each: gRPC-Web's
+/// translation then the call stack, and for Connect the call stack alone.
+///
+/// Built when the connection first needs them, as most never do (a gRPC client's). Shared
+/// between copies once built, because hyper clones an HTTP/1.1 connection's whole service for
+/// every request, and a CORS layer is costly to clone (its header lists): native calls would pay
+/// for it (-4% of their rate).
+#[derive(Clone)]
+struct WebStacks {
+    cors: Arc<CorsLayer>,
+    calls: CallStack,
+    built: Option<Arc<BuiltWebStacks>>,
+}
+
+struct BuiltWebStacks {
+    grpc_web: Cors<GrpcWebService<CallStack>>,
+    connect: Cors<CallStack>,
+}
+
+impl WebStacks {
+    fn built(&mut self) -> &BuiltWebStacks {
+        let (cors, calls) = (&self.cors, &self.calls);
+        self.built.get_or_insert_with(|| {
+            Arc::new(BuiltWebStacks {
+                grpc_web: cors.layer(GrpcWebLayer::new().layer(calls.clone())),
+                connect: cors.layer(calls.clone()),
+            })
+        })
     }
 }
 
