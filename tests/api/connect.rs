@@ -284,7 +284,11 @@ fn a_connect_body_that_stalls_ends_at_the_stall_timeout_or_the_calls_deadline() 
     let cases = [
         (["--stall-timeout", "1"], "", "--stall-timeout"),
         // The deadline runs from the request's head: a body read whole counts against it.
-        (["--stall-timeout", "20"], "connect-timeout-ms: 500\r\n", "connect-timeout-ms"),
+        (
+            ["--stall-timeout", "20"],
+            "connect-timeout-ms: 500\r\n",
+            "connect-timeout-ms",
+        ),
     ];
     for (flags, header, words) in cases {
         let server = ServerProcess::start(&[&["--addr", "127.0.0.1:0"][..], &flags].concat());
