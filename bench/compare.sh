@@ -272,9 +272,11 @@ PY
     # The load generator's own efficiency: client bench with h2load's connections and calls
     # in flight (CONNECTIONS x STREAMS), on the same single CPU, against the same server.
     read -r h2load_rps _ _ _ <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS")"
-    bench_rps=$(taskset -c "$LOAD_CPUS" "$client" bench --addr "127.0.0.1:$port" \
-      --connections "$CONNECTIONS" --concurrency "$((CONNECTIONS * STREAMS))" --duration "$DURATION" --json |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])')
+    # Its rate, and whether it said it was the bottleneck (`client_bound`).
+    read -r bench_rps bench_bound <<<"$(taskset -c "$LOAD_CPUS" "$client" bench \
+      --addr "127.0.0.1:$port" --connections "$CONNECTIONS" \
+      --concurrency "$((CONNECTIONS * STREAMS))" --duration "$DURATION" --json |
+      python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["rps"], s["client_bound"])')"
   fi
   stop
 done
@@ -377,10 +379,13 @@ print(f"p99 at {rate}/s: formatdata {fd} us, tuned tonic {tuned} us (goal: no wo
 PY
   fi
   echo "formatdata failed calls: ${failed[formatdata]} (goal: 0)"
-  python3 - "$h2load_rps" "$bench_rps" <<'PY'
+  python3 - "$h2load_rps" "$bench_rps" "$bench_bound" <<'PY'
 import sys
-h2load, bench = map(float, sys.argv[1:])
+h2load, bench = map(float, sys.argv[1:3])
+bound = sys.argv[3] == "True"
 print(f"client bench vs h2load, one CPU each, against formatdata, same connections and calls in"
-      f" flight: {bench:.0f} req/s = {bench / h2load:.0%} of h2load's {h2load:.0f}")
+      f" flight: {bench:.0f} req/s = {bench / h2load:.0%} of h2load's {h2load:.0f}"
+      f" (goal >= 85%, or client-bound said: {'met' if bench >= 0.85 * h2load or bound else 'NOT met'};"
+      f" it said client-bound: {'yes' if bound else 'no'})")
 PY
 fi
