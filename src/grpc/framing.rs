@@ -1,7 +1,7 @@
 //! Length-prefixed messages, gRPC's framing over HTTP/2 DATA: each message is a compression flag
 //! (one byte), a big-endian length (four) and that many bytes of protobuf. The only place that
-//! knows it: the fast path, the call middleware, the metrics and the bench's raw client all go
-//! through here.
+//! knows it: the fast path, the call middleware, the metrics, Connect's envelopes and the bench's
+//! raw client all go through here.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -12,11 +12,27 @@ pub(crate) const PREFIX_LEN: usize = 5;
 
 /// `message`, already encoded, as one uncompressed frame.
 pub(crate) fn frame_encoded(message: &[u8]) -> Bytes {
+    frame_flagged(0, message)
+}
+
+/// `message` behind a prefix with `flag`: Connect's envelopes use the same prefix, with a flag
+/// of their own for the end of a stream.
+pub(crate) fn frame_flagged(flag: u8, message: &[u8]) -> Bytes {
     let mut framed = BytesMut::with_capacity(PREFIX_LEN + message.len());
-    framed.put_u8(0);
+    framed.put_u8(flag);
     framed.put_u32(message.len() as u32);
     framed.put_slice(message);
     framed.freeze()
+}
+
+/// The first message in `buffer` and its prefix, taken out of it, once it is whole.
+pub(crate) fn take_message(buffer: &mut BytesMut) -> Option<(Prefix, Bytes)> {
+    let prefix = Prefix::read(buffer)?;
+    if buffer.len() < PREFIX_LEN + prefix.length {
+        return None;
+    }
+    let mut message = buffer.split_to(PREFIX_LEN + prefix.length);
+    Some((prefix, message.split_off(PREFIX_LEN).freeze()))
 }
 
 /// `message` as one uncompressed frame.
@@ -234,6 +250,15 @@ impl Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_taken_out_once_whole() {
+        let mut buffer = BytesMut::from(&[&frame_flagged(2, b"end")[..], b"\x00\x00"].concat()[..]);
+        let (prefix, message) = take_message(&mut buffer).unwrap();
+        assert_eq!((prefix.flag, &message[..]), (2, &b"end"[..]));
+        assert_eq!(take_message(&mut buffer), None);
+        assert_eq!(&buffer[..], b"\x00\x00");
+    }
 
     #[test]
     fn counts_messages_across_chunk_boundaries() {

@@ -120,11 +120,15 @@ impl Stall {
     }
 
     fn status(&self) -> Status {
-        Status::deadline_exceeded(format!(
-            "request stalled: no bytes for {:?} in the middle of a message (--stall-timeout)",
-            self.timeout
-        ))
+        stalled(self.timeout)
     }
+}
+
+/// The status of a request body that stopped for `timeout` in the middle of a message.
+pub(in crate::server) fn stalled(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "request stalled: no bytes for {timeout:?} in the middle of a message (--stall-timeout)"
+    ))
 }
 
 impl<B> RequestBody<B> {

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame};
@@ -24,7 +24,7 @@ use tower::{Service, ServiceExt};
 use super::messages::{self, json_to_proto, proto_to_json};
 use super::{Codec, Settings, content_encoding, deadline, error_json, grpc_headers, refused};
 use crate::grpc::compression::{Encoding, GRPC_ACCEPT_ENCODING, GRPC_ENCODING};
-use crate::grpc::framing::{self, Admission, PREFIX_LEN, Prefix};
+use crate::grpc::framing::{self, Admission};
 use crate::server::calls::request_body::RequestBody;
 use crate::server::context::ClientGone;
 
@@ -195,9 +195,9 @@ fn end_of_stream(status: &Status, trailers: &HeaderMap) -> Bytes {
     if !metadata.is_empty() {
         end.insert("metadata".into(), metadata.into());
     }
-    envelope(
+    framing::frame_flagged(
         END_STREAM,
-        &serde_json::Value::Object(end).to_string().into_bytes(),
+        serde_json::Value::Object(end).to_string().as_bytes(),
     )
 }
 
@@ -206,14 +206,6 @@ fn metadata(headers: &HeaderMap) -> impl Iterator<Item = (&HeaderName, &HeaderVa
     headers.iter().filter(|(name, _)| {
         !name.as_str().starts_with("grpc-") && *name != CONTENT_TYPE && *name != http::header::TE
     })
-}
-
-fn envelope(flag: u8, payload: &[u8]) -> Bytes {
-    let mut envelope = BytesMut::with_capacity(PREFIX_LEN + payload.len());
-    envelope.put_u8(flag);
-    envelope.put_u32(payload.len() as u32);
-    envelope.put_slice(payload);
-    envelope.freeze()
 }
 
 pin_project_lite::pin_project! {
@@ -281,12 +273,7 @@ fn json_request(
     encoding: Option<Encoding>,
     limit: usize,
 ) -> Option<Result<Bytes, Status>> {
-    let prefix = Prefix::read(pending)?;
-    if pending.len() < PREFIX_LEN + prefix.length {
-        return None;
-    }
-    let envelope = pending.split_to(PREFIX_LEN + prefix.length).freeze();
-    let payload = envelope.slice(PREFIX_LEN..);
+    let (prefix, payload) = framing::take_message(pending)?;
     let json = match (prefix.flag, encoding) {
         (0, _) => Ok(payload),
         (_, Some(encoding)) => encoding.decompress(&payload, limit).map(Bytes::from),
@@ -374,20 +361,17 @@ fn json_reply(
     pending: &mut BytesMut,
     message: &MessageDescriptor,
 ) -> Option<Result<Bytes, Status>> {
-    let prefix = Prefix::read(pending)?;
-    if pending.len() < PREFIX_LEN + prefix.length {
-        return None;
-    }
-    let reply = pending.split_to(PREFIX_LEN + prefix.length).freeze();
+    let (prefix, reply) = framing::take_message(pending)?;
     if prefix.flag != 0 {
         return Some(Err(Status::internal("a JSON call's reply came compressed")));
     }
-    Some(proto_to_json(message, reply.slice(PREFIX_LEN..)).map(|json| envelope(0, &json)))
+    Some(proto_to_json(message, reply).map(|json| framing::frame_encoded(&json)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grpc::framing::{PREFIX_LEN, Prefix};
 
     #[test]
     fn the_end_of_stream_carries_the_error_and_the_trailers() {

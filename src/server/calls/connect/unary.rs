@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -24,7 +24,8 @@ use super::{
     Codec, Settings, content_encoding, deadline, error_json, error_status, grpc_headers, refused,
 };
 use crate::grpc::compression::{Encoding, choose_encoding};
-use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
+use crate::grpc::framing;
+use crate::server::calls::request_body::stalled;
 use crate::server::context::ConnectionState;
 
 /// Answers one unary call: a POST in `codec`, or (`None`) a GET.
@@ -199,11 +200,11 @@ async fn reply(call: &Call, response: Response<Body>) -> Result<Response<Body>, 
     if let Some(status) = reply.trailers().and_then(error_status) {
         return Err(status);
     }
-    let mut bytes = reply.to_bytes();
-    Prefix::read(&bytes)
-        .filter(|prefix| prefix.flag == 0 && bytes.len() == PREFIX_LEN + prefix.length)
+    let mut replies = BytesMut::from(reply.to_bytes());
+    let bytes = framing::take_message(&mut replies)
+        .filter(|(prefix, _)| prefix.flag == 0 && replies.is_empty())
+        .map(|(_, message)| message)
         .ok_or_else(|| Status::internal("the reply was not one uncompressed message"))?;
-    bytes.advance(PREFIX_LEN);
     let body = match call.codec {
         Codec::Proto => bytes,
         Codec::Json => proto_to_json(&call.method.output(), bytes)?,
@@ -346,12 +347,9 @@ impl BodyLimits {
         loop {
             let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx));
             let frame = match self.stall_timeout {
-                Some(stall) => tokio::time::timeout(stall, next).await.map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "request stalled: no bytes for {stall:?} in the middle of a message \
-                         (--stall-timeout)"
-                    ))
-                })?,
+                Some(stall) => tokio::time::timeout(stall, next)
+                    .await
+                    .map_err(|_| stalled(stall))?,
                 None => next.await,
             };
             let Some(frame) = frame else { break };
