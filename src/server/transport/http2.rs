@@ -103,120 +103,135 @@ pub(in crate::server) enum Http2Error {
 /// call polled here. On `drain`, GOAWAY and let the calls finish; when the connection's client
 /// cancels calls by the thousand (the rapid-reset attack), GOAWAY ENHANCE_YOUR_CALM and close at
 /// once; when no call has made progress for the idle timeout, GOAWAY and close.
-pub(in crate::server) async fn serve<I, S>(
+///
+/// A function returning an `async move` block rather than an `async fn`: an async fn moves its
+/// arguments into locals, and its future keeps both copies for as long as the connection lives
+/// (the service alone is over 200 bytes); the block uses what it captured where it lies.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
+pub(in crate::server) fn serve<'a, I, S>(
     io: I,
     mut service: S,
-    settings: &Http2Settings,
-    state: &ConnectionState,
-    mut idle: Idle<'_>,
-    drain: &mut watch::Receiver<()>,
+    settings: &'a Http2Settings,
+    state: &'a ConnectionState,
+    mut idle: Idle<'a>,
+    drain: &'a mut watch::Receiver<()>,
     handshake_deadline: Instant,
-) -> Result<(), Http2Error>
+) -> impl Future<Output = Result<(), Http2Error>> + 'a
 where
     I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    S: Service<Request<H2Body>, Response = Response<Body>, Error = Infallible>,
+    S: Service<Request<H2Body>, Response = Response<Body>, Error = Infallible> + 'a,
 {
-    let control_frames = Arc::new(ControlFrames::default());
-    let io = Watched::new(io, control_frames.clone());
-    let handshake = settings.builder().handshake::<_, Bytes>(io);
-    let mut connection = tokio::time::timeout_at(handshake_deadline, handshake)
-        .await
-        .map_err(|_| Http2Error::NoPreface)??;
-    let mut keepalive = settings.keepalive.map(|interval| {
-        KeepAlive::new(connection.ping_pong().expect("taken once, here"), interval)
-    });
-    // The connection's streams, polled by this task rather than spawned each as a task of its
-    // own: no task to allocate, schedule and wake per call, and on one core (the benchmark's
-    // case) nothing lost. A connection's calls then share one core of a larger machine, as
-    // its HTTP/2 framing does anyway; many connections still spread over all of them.
-    let mut streams = FuturesUnordered::new();
-    // Made once, not at every turn of the loop: each would register with (and leave) a Notify.
-    let mut drained = pin!(drain.changed());
-    let mut abused = pin!(state.cancels.exhausted());
-    let mut flooded = pin!(control_frames.exhausted());
-    let mut closing = false;
-    loop {
-        let event = poll_fn(|cx| {
-            // New streams and finished calls, until neither comes: a call's reply is written
-            // by polling the connection, so it goes out in this same turn.
-            loop {
-                let mut moved = false;
+    async move {
+        let control_frames = Arc::new(ControlFrames::default());
+        let io = Watched::new(io, control_frames.clone());
+        // Boxed: the handshake (1.4 KB) would otherwise take room in this future beside the
+        // connection it becomes, for the connection's whole life.
+        let handshake = Box::pin(settings.builder().handshake::<_, Bytes>(io));
+        let mut connection = tokio::time::timeout_at(handshake_deadline, handshake)
+            .await
+            .map_err(|_| Http2Error::NoPreface)??;
+        let mut keepalive = settings.keepalive.map(|interval| {
+            KeepAlive::new(connection.ping_pong().expect("taken once, here"), interval)
+        });
+        // The connection's streams, polled by this task rather than spawned each as a task of its
+        // own: no task to allocate, schedule and wake per call, and on one core (the benchmark's
+        // case) nothing lost. A connection's calls then share one core of a larger machine, as
+        // its HTTP/2 framing does anyway; many connections still spread over all of them.
+        let mut streams = FuturesUnordered::new();
+        // Made once, not at every turn of the loop: each would register with (and leave) a Notify.
+        let mut drained = pin!(drain.changed());
+        let mut abused = pin!(state.cancels.exhausted());
+        let mut flooded = pin!(control_frames.exhausted());
+        let mut closing = false;
+        loop {
+            let event = poll_fn(|cx| {
+                // New streams and finished calls, until neither comes: a call's reply is written
+                // by polling the connection, so it goes out in this same turn.
                 loop {
-                    match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(never)) => match never {},
-                        // Not taking streams leaves them to flow control and the stream limit.
-                        Poll::Pending => break,
-                    }
-                    match connection.poll_accept(cx) {
-                        Poll::Ready(Some(Ok((request, respond)))) => {
-                            let request = request.map(|recv| H2Body {
-                                recv,
-                                data_done: false,
-                            });
-                            streams.push(Box::pin(serve_stream(service.call(request), respond)));
-                            moved = true;
+                    let mut moved = false;
+                    loop {
+                        match service.poll_ready(cx) {
+                            Poll::Ready(Ok(())) => {}
+                            Poll::Ready(Err(never)) => match never {},
+                            // Not taking streams leaves them to flow control and the stream limit.
+                            Poll::Pending => break,
                         }
-                        Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
-                        Poll::Ready(None) => return Poll::Ready(Event::Closed),
-                        Poll::Pending => break,
+                        match connection.poll_accept(cx) {
+                            Poll::Ready(Some(Ok((request, respond)))) => {
+                                let request = request.map(|recv| H2Body {
+                                    recv,
+                                    data_done: false,
+                                });
+                                streams
+                                    .push(Box::pin(serve_stream(service.call(request), respond)));
+                                moved = true;
+                            }
+                            Poll::Ready(Some(Err(error))) => {
+                                return Poll::Ready(Event::Failed(error));
+                            }
+                            Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                            Poll::Pending => break,
+                        }
+                    }
+                    while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+                        moved = true;
+                    }
+                    if !moved {
+                        break;
                     }
                 }
-                while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
-                    moved = true;
+                if let Some(keepalive) = &mut keepalive
+                    && keepalive.poll_dead(cx).is_ready()
+                {
+                    return Poll::Ready(Event::KeepaliveTimedOut);
                 }
-                if !moved {
-                    break;
+                if !closing {
+                    if drained.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Drain);
+                    }
+                    if abused.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Abuse);
+                    }
+                    if flooded.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::ControlFlood);
+                    }
+                    if idle.poll_idle(cx).is_ready() {
+                        return Poll::Ready(Event::Idle);
+                    }
                 }
-            }
-            if let Some(keepalive) = &mut keepalive
-                && keepalive.poll_dead(cx).is_ready()
-            {
-                return Poll::Ready(Event::KeepaliveTimedOut);
-            }
-            if !closing {
-                if drained.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Drain);
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Closed => return Ok(()),
+                Event::Failed(error) => return Err(error.into()),
+                Event::KeepaliveTimedOut => return Err(Http2Error::KeepaliveTimedOut),
+                Event::Drain => {
+                    closing = true;
+                    connection.graceful_shutdown();
                 }
-                if abused.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Abuse);
+                Event::Abuse | Event::ControlFlood => {
+                    let (verb, abuse) = match event {
+                        Event::Abuse => ("cancelled ", CANCEL_BUDGET_DESCRIPTION),
+                        _ => ("", CONTROL_FLOOD_DESCRIPTION),
+                    };
+                    warn!(
+                        peer = ?state.peer,
+                        "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client {verb}{abuse}"
+                    );
+                    return close_now(&mut connection, Reason::ENHANCE_YOUR_CALM).await;
                 }
-                if flooded.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::ControlFlood);
+                Event::Idle => {
+                    debug!(
+                        peer = ?state.peer,
+                        "closing a connection on which no call made progress for {:?}",
+                        idle.timeout()
+                    );
+                    return close_now(&mut connection, Reason::NO_ERROR).await;
                 }
-                if idle.poll_idle(cx).is_ready() {
-                    return Poll::Ready(Event::Idle);
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Event::Closed => return Ok(()),
-            Event::Failed(error) => return Err(error.into()),
-            Event::KeepaliveTimedOut => return Err(Http2Error::KeepaliveTimedOut),
-            Event::Drain => {
-                closing = true;
-                connection.graceful_shutdown();
-            }
-            Event::Abuse | Event::ControlFlood => {
-                let (verb, abuse) = match event {
-                    Event::Abuse => ("cancelled ", CANCEL_BUDGET_DESCRIPTION),
-                    _ => ("", CONTROL_FLOOD_DESCRIPTION),
-                };
-                warn!(
-                    peer = ?state.peer,
-                    "closing a connection with GOAWAY ENHANCE_YOUR_CALM: its client {verb}{abuse}"
-                );
-                return close_now(connection, Reason::ENHANCE_YOUR_CALM).await;
-            }
-            Event::Idle => {
-                debug!(
-                    peer = ?state.peer,
-                    "closing a connection on which no call made progress for {:?}",
-                    idle.timeout()
-                );
-                return close_now(connection, Reason::NO_ERROR).await;
             }
         }
     }
@@ -241,7 +256,7 @@ enum Event {
 /// Sends GOAWAY with `reason` and closes the connection once it is flushed (whatever its open
 /// streams), or after [`ABUSE_FLUSH`] if the peer does not read.
 async fn close_now<I>(
-    mut connection: Connection<I, Bytes>,
+    connection: &mut Connection<I, Bytes>,
     reason: Reason,
 ) -> Result<(), Http2Error>
 where
