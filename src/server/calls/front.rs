@@ -53,12 +53,11 @@ impl Fronts {
         }
     }
 
-    fn front<N>(&self, native: N, calls: CallStack) -> Front<N> {
+    fn front<N>(&self, native: N) -> Front<N> {
         Front {
             native,
             web: self.cors.as_ref().map(|cors| WebStacks {
                 cors: cors.clone(),
-                calls,
                 built: None,
             }),
             playground: self.playground,
@@ -74,18 +73,17 @@ impl CallService for Fronts {
 
     /// For an HTTP/2 connection: native gRPC, and gRPC-Web when it is on.
     fn http2(&self, state: &Arc<ConnectionState>) -> Front<CallStack> {
-        let calls = self.calls.clone().for_connection(state.clone());
-        self.front(calls.clone(), calls)
+        self.front(self.calls.clone().for_connection(state.clone()))
     }
 
     /// For an HTTP/1.1 connection (only made with gRPC-Web on): gRPC-Web, the page and Connect;
     /// native gRPC needs HTTP/2.
     fn http1(&self, state: &Arc<ConnectionState>) -> Front<Http1Calls> {
         let calls = self.calls.clone().for_connection(state.clone());
-        let mut front = self.front(Http1Calls(calls.clone()), calls);
+        let mut front = self.front(Http1Calls(calls));
         // Built now, so that the copy hyper makes of this service for each request shares them.
         if let Some(web) = &mut front.web {
-            web.built();
+            web.built(front.native.call_stack());
         }
         front
     }
@@ -138,7 +136,7 @@ type FrontFuture<N> =
 
 impl<N, B> Service<Request<B>> for Front<N>
 where
-    N: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    N: Service<Request<B>, Response = Response<Body>, Error = Infallible> + OnCallStack,
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<tonic::codegen::StdError> + std::fmt::Display,
 {
@@ -162,7 +160,7 @@ where
         let family = Family::of(request.headers());
         let to_web = family == Family::GrpcWeb || request.method() == Method::OPTIONS;
         if to_web {
-            let grpc_web = web.built().grpc_web.clone();
+            let grpc_web = web.built(self.native.call_stack()).grpc_web.clone();
             let request = ClientGone::track(request);
             return Either::Right(Either::Left(Box::pin(grpc_web.oneshot(request))));
         }
@@ -171,7 +169,7 @@ where
         }
         // A Connect call from a web page gets CORS as gRPC-Web's do.
         if request.headers().contains_key(ORIGIN) && Shape::of(&request).is_some() {
-            let connect = web.built().connect.clone();
+            let connect = web.built(self.native.call_stack()).connect.clone();
             let request = ClientGone::track(request);
             return Either::Right(Either::Left(Box::pin(connect.oneshot(request))));
         }
@@ -187,14 +185,14 @@ where
 /// The stacks of a connection's calls from web pages, CORS in front of each: gRPC-Web's
 /// translation then the call stack, and for Connect the call stack alone.
 ///
-/// Built when the connection first needs them, as most never do (a gRPC client's). Shared
+/// Built when the connection first needs them, as most never do (a gRPC client's), on the call
+/// stack its native service holds (kept once, not twice, in every connection's memory). Shared
 /// between copies once built, because hyper clones an HTTP/1.1 connection's whole service for
 /// every request, and a CORS layer is costly to clone (its header lists): native calls would pay
 /// for it (-4% of their rate).
 #[derive(Clone)]
 struct WebStacks {
     cors: Arc<CorsLayer>,
-    calls: CallStack,
     built: Option<Arc<BuiltWebStacks>>,
 }
 
@@ -204,8 +202,8 @@ struct BuiltWebStacks {
 }
 
 impl WebStacks {
-    fn built(&mut self) -> &BuiltWebStacks {
-        let (cors, calls) = (&self.cors, &self.calls);
+    fn built(&mut self, calls: &CallStack) -> &BuiltWebStacks {
+        let cors = &self.cors;
         self.built.get_or_insert_with(|| {
             Arc::new(BuiltWebStacks {
                 grpc_web: cors.layer(GrpcWebLayer::new().layer(calls.clone())),
@@ -238,6 +236,24 @@ fn foreign_host<B>(request: &Request<B>) -> Response<Body> {
 /// (its trailers, its streams).
 #[derive(Clone)]
 pub(in crate::server) struct Http1Calls(CallStack);
+
+/// A front's native service, made of the connection's call stack: the web stacks are built on
+/// the same one.
+pub(in crate::server) trait OnCallStack {
+    fn call_stack(&self) -> &CallStack;
+}
+
+impl OnCallStack for CallStack {
+    fn call_stack(&self) -> &CallStack {
+        self
+    }
+}
+
+impl OnCallStack for Http1Calls {
+    fn call_stack(&self) -> &CallStack {
+        &self.0
+    }
+}
 
 impl<B> Service<Request<B>> for Http1Calls
 where
