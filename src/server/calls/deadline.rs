@@ -2,6 +2,11 @@
 //! begun before it passes (else the handler is dropped, which cancels it), and a streaming reply
 //! that goes on past it is ended there. Either way the call ends with DEADLINE_EXCEEDED, as
 //! gRPC says, where tonic's own server would report CANCELLED.
+//!
+//! The timer is set only once the call has to wait. Setting one tells the runtime's timer
+//! driver to wake (a write to an eventfd, when its wheel was empty): done for every call, it
+//! cost each call a system call, and the connection a flush of its own per reply, where a call
+//! answered at once needs no more than a look at the clock.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -11,7 +16,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 use tower::Service;
@@ -49,9 +54,8 @@ where
                 reply: self.inner.call(request),
             },
             Ok(Some(duration)) => DeadlineFuture::Timed {
+                deadline: Some(Deadline::after(duration)),
                 reply: self.inner.call(request),
-                duration,
-                timer: Box::pin(tokio::time::sleep(duration)),
             },
             Err(status) => DeadlineFuture::Refused {
                 status: Some(status),
@@ -65,7 +69,7 @@ pin_project_lite::pin_project! {
     #[project = DeadlineProjection]
     pub enum DeadlineFuture<F> {
         Open { #[pin] reply: F },
-        Timed { #[pin] reply: F, duration: Duration, timer: Pin<Box<Sleep>> },
+        Timed { #[pin] reply: F, deadline: Option<Deadline> },
         Refused { status: Option<Status> },
     }
 }
@@ -79,11 +83,8 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
             DeadlineProjection::Open { reply } => reply.poll(cx),
-            DeadlineProjection::Timed {
-                reply,
-                duration,
-                timer,
-            } => {
+            DeadlineProjection::Timed { reply, deadline } => {
+                let pending = deadline.as_mut().expect("polled after it was ready");
                 if let Poll::Ready(response) = reply.poll(cx) {
                     let response = response.unwrap_or_else(|never| match never {});
                     // A trailers-only reply is whole; any other goes on after its headers, and
@@ -91,20 +92,18 @@ where
                     if response.headers().contains_key("grpc-status") {
                         return Poll::Ready(Ok(response));
                     }
-                    let deadline = timer.deadline();
-                    let duration = *duration;
+                    let deadline = deadline.take().expect("checked above");
                     return Poll::Ready(Ok(response.map(|body| {
                         Body::new(DeadlineBody {
                             inner: body,
-                            duration,
-                            timer: Box::pin(tokio::time::sleep_until(deadline)),
+                            deadline,
                             expired: false,
                         })
                     })));
                 }
-                ready!(timer.as_mut().poll(cx));
+                ready!(pending.poll_passed(cx));
                 // Dropping the reply future cancels the handler: nobody waits for it.
-                Poll::Ready(Ok(status_response(&exceeded(*duration))))
+                Poll::Ready(Ok(status_response(&pending.exceeded())))
             }
             DeadlineProjection::Refused { status } => {
                 Poll::Ready(Ok(status_response(&status.take().expect("polled once"))))
@@ -118,8 +117,7 @@ pin_project_lite::pin_project! {
     struct DeadlineBody {
         #[pin]
         inner: Body,
-        duration: Duration,
-        timer: Pin<Box<Sleep>>,
+        deadline: Deadline,
         expired: bool,
     }
 }
@@ -136,12 +134,17 @@ impl HttpBody for DeadlineBody {
         if *this.expired {
             return Poll::Ready(None);
         }
-        if this.timer.as_mut().poll(cx).is_ready() {
-            *this.expired = true;
-            let trailers = status_trailers(&exceeded(*this.duration));
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        let passed = match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(_))) if this.deadline.has_passed() => true,
+            Poll::Pending => this.deadline.poll_passed(cx).is_ready(),
+            frame => return frame,
+        };
+        if !passed {
+            return Poll::Pending;
         }
-        this.inner.poll_frame(cx)
+        *this.expired = true;
+        let trailers = status_trailers(&this.deadline.exceeded());
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -153,6 +156,41 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-fn exceeded(deadline: Duration) -> Status {
-    Status::deadline_exceeded(format!("deadline of {deadline:?} (grpc-timeout) exceeded"))
+/// A call's deadline, with the timer that wakes its task when it passes, set once the call
+/// waits.
+struct Deadline {
+    at: Instant,
+    /// As the caller gave it, for the status.
+    duration: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    fn after(duration: Duration) -> Self {
+        Self {
+            at: Instant::now() + duration,
+            duration,
+            timer: None,
+        }
+    }
+
+    fn has_passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// Ready once the deadline has passed; until then, wakes the task when it does.
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.at;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+    }
+
+    fn exceeded(&self) -> Status {
+        Status::deadline_exceeded(format!(
+            "deadline of {:?} (grpc-timeout) exceeded",
+            self.duration
+        ))
+    }
 }

@@ -158,6 +158,16 @@ impl ServerProcess {
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.child.id())
     }
+
+    /// How many writing system calls (`write`, `writev`, ...) it has made so far, all its
+    /// threads: replies to sockets, and wake-ups of its runtime through an eventfd (Linux).
+    pub fn write_syscalls(&self) -> u64 {
+        let io =
+            std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).expect("/proc/PID/io");
+        io.lines()
+            .find_map(|line| line.strip_prefix("syscw:")?.trim().parse().ok())
+            .expect("syscw in /proc/PID/io")
+    }
 }
 
 /// The resident memory of process `pid` now, in KiB (Linux).
