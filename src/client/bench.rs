@@ -22,7 +22,7 @@ use crate::addr::HostPort;
 use crate::client::ClientConfig;
 use crate::client::{Client, ClientError, TraceHeaders, no_reply_within};
 use crate::grpc::framing::{self, PREFIX_LEN, Prefix};
-use crate::grpc::status::code_name;
+use crate::grpc::status::{code_name, reply_status};
 use crate::grpc::{self, timeout};
 use crate::otel::Tracing;
 use crate::pb::Data;
@@ -465,7 +465,7 @@ impl RawUnary {
         body.send_data(self.request.clone(), true)
             .map_err(unavailable)?;
         let (head, mut reply) = response.await.map_err(unavailable)?.into_parts();
-        if let Some(status) = Status::from_header_map(&head.headers) {
+        if let Some(status) = reply_status(&head.headers) {
             // Trailers-only: the call failed before any reply.
             return Err(status);
         }
@@ -480,7 +480,7 @@ impl RawUnary {
             .await
             .map_err(unavailable)?
             .as_ref()
-            .and_then(Status::from_header_map)
+            .and_then(reply_status)
             .unwrap_or_else(|| Status::unknown("reply without grpc-status"));
         if status.code() != tonic::Code::Ok {
             return Err(status);

@@ -72,6 +72,16 @@ pub(crate) fn set_status_headers(headers: &mut HeaderMap, status: &Status) {
     }
 }
 
+/// The call's status in `headers` (a reply's headers or trailers), if they carry one: OK is
+/// read at a glance, as nearly every reply's is, where tonic's parser copies the whole map for
+/// the status's metadata; any other status goes to tonic's parser, message and details.
+pub(crate) fn reply_status(headers: &HeaderMap) -> Option<Status> {
+    if headers.get(&GRPC_STATUS)? == "0" {
+        return Some(Status::ok(""));
+    }
+    Status::from_header_map(headers)
+}
+
 /// Reads the call's status from `headers` (response headers or trailers). Its code is never
 /// changed: the statuses tonic would give what a client sent wrong are made where that is found
 /// (the request body's framing checks, the server codec). Two things are put right, keeping the

@@ -29,6 +29,7 @@ use tower::Service;
 use tracing::warn;
 
 use crate::grpc::compression::{Encoding, ReplyCompression};
+use crate::grpc::status::reply_status;
 use crate::grpc::{methods, timeout};
 use crate::telemetry::untrusted;
 
@@ -190,7 +191,7 @@ fn content_encoding(value: Option<&HeaderValue>) -> Result<Option<Encoding>, Sta
 
 /// The status in `headers` (a trailers-only reply's, or trailers), unless it is OK or absent.
 fn error_status(headers: &HeaderMap) -> Option<Status> {
-    Status::from_header_map(headers).filter(|status| status.code() != Code::Ok)
+    reply_status(headers).filter(|status| status.code() != Code::Ok)
 }
 
 /// Logs a call refused before it became a gRPC call, which the call layer therefore never saw.

@@ -25,6 +25,7 @@ use super::messages::{self, json_to_proto, proto_to_json};
 use super::{Codec, Settings, content_encoding, deadline, error_json, grpc_headers, refused};
 use crate::grpc::compression::{Encoding, GRPC_ACCEPT_ENCODING, GRPC_ENCODING};
 use crate::grpc::framing::{self, Admission};
+use crate::grpc::status::reply_status;
 use crate::server::calls::request_body::RequestBody;
 use crate::server::context::ClientGone;
 
@@ -61,7 +62,7 @@ where
         .unwrap_or_else(|never| match never {});
     let (parts, body) = response.into_parts();
     // A trailers-only reply: the status came in the headers, and no message.
-    if let Some(status) = Status::from_header_map(&parts.headers) {
+    if let Some(status) = reply_status(&parts.headers) {
         return ended(codec, end_of_stream(&status, &parts.headers));
     }
     let mut response = Response::new(Body::new(Replies {
@@ -345,7 +346,7 @@ impl HttpBody for Replies {
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
                         *this.ended = true;
-                        let status = Status::from_header_map(&trailers).unwrap_or_else(|| {
+                        let status = reply_status(&trailers).unwrap_or_else(|| {
                             Status::internal("the reply ended without a status")
                         });
                         return end(&status, &trailers);
