@@ -21,8 +21,9 @@
 #      connections (open loop: calls start on schedule, and a late one counts from when it was
 #      due). A server whose peak is below that rate is not run: its queue would only grow.
 # Then, for formatdata and the tuned tonic, what real clients send: the same throughput and 1x1
-# runs with the request headers of grpcio, grpc-js and grpc-go (HEADER_SETS, captured from the
-# real clients by bench/capture-headers.sh into bench/headers/), and a fixed-rate latency run
+# runs with the request headers of grpcio, grpc-js, grpc-go, and grpc-go with a deadline on its
+# calls (HEADER_SETS, captured from the real clients by bench/capture-headers.sh into
+# bench/headers/), and a fixed-rate latency run
 # driven by grpcio itself (bench/fixed_rate.py, PY_RATE calls a second, median of ROUNDS).
 # Then the same throughput run for TWO_CPU_SERVERS given 2 CPUs (the load generator shares them).
 # Last, formatdata's ratio to each server and the goals beside the figures.
@@ -41,7 +42,7 @@ CONNECTIONS=${CONNECTIONS:-16} STREAMS=${STREAMS:-64}
 SERVER_CPUS=${SERVER_CPUS:-0} LOAD_CPUS=${LOAD_CPUS:-1} TWO_CPUS=${TWO_CPUS:-0,1}
 SERVERS=${SERVERS:-formatdata formatdata+metrics formatdata+tracing tonic-tuned h2-floor tonic python}
 TWO_CPU_SERVERS=${TWO_CPU_SERVERS:-tonic formatdata}
-HEADER_SETS=${HEADER_SETS-grpcio grpc-js grpc-go} PY_RATE=${PY_RATE:-1000}
+HEADER_SETS=${HEADER_SETS-grpcio grpc-js grpc-go grpc-go-deadline} PY_RATE=${PY_RATE:-1000}
 if [ "${1:-}" = "--smoke" ]; then
   DURATION=2 WARMUP=1 LATENCY_DURATION=1 ROUNDS=1
 fi

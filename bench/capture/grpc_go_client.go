@@ -1,12 +1,14 @@
 // The grpc-go client of bench/capture-headers.sh: one DoFormat call, as grpc-go sends it by
-// default (no deadline, no compressor), the message passed as raw bytes so no generated code is
-// needed. Usage: grpc_go_client HOST:PORT
+// default (no compressor; no deadline, unless one is given, as production code sets one), the
+// message passed as raw bytes so no generated code is needed.
+// Usage: grpc_go_client HOST:PORT [DEADLINE, e.g. 10s]
 package main
 
 import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
@@ -29,8 +31,19 @@ func main() {
 	defer conn.Close()
 	// example.Data{text: "hello,world!"}
 	request := append([]byte{0x0a, 12}, "hello,world!"...)
+	ctx := context.Background()
+	if len(os.Args) > 2 {
+		deadline, err := time.ParseDuration(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, deadline)
+		defer cancel()
+	}
 	var reply []byte
-	if err := conn.Invoke(context.Background(), "/example.FormatData/DoFormat", &request, &reply); err != nil {
+	if err := conn.Invoke(ctx, "/example.FormatData/DoFormat", &request, &reply); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
