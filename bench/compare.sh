@@ -15,7 +15,8 @@
 #   1. throughput: h2load, unary DoFormat "hello,world!", CONNECTIONS x STREAMS, WARMUP s then
 #      DURATION s measured; the server's CPU seconds per 100k calls, its peak RSS (VmHWM, the
 #      highest of the rounds) and the calls h2load saw fail;
-#   2. latency: h2load with 1 connection x 1 stream (mean);
+#   2. latency: h2load with 1 connection x 1 stream (mean), in each round after its throughput
+#      run (median of the rounds: one run of a few seconds moves by 10 us on a shared VM);
 #   3. latency at a fixed rate: `client bench --rate` at half of the tuned tonic's median peak
 #      (median p50 and p99 of ROUNDS runs), STREAMS calls in flight at most over CONNECTIONS
 #      connections (open loop: calls start on schedule, and a late one counts from when it was
@@ -174,8 +175,9 @@ h2() {
       END { printf "%s %.0f %s %s\n", rps, mean, ok, failed }'
 }
 
-declare -A rps mean cpu idle peak failed p50 p99 rps2 cores2 rounds_rps rounds_cpu set_rps set_mean py_p50 py_p99
+declare -A rps mean cpu idle peak failed p50 p99 rps2 cores2 rounds_rps rounds_cpu rounds_mean set_rps set_mean py_p50 py_p99
 median() { python3 -c 'import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))' "$@"; }
+median_int() { python3 -c 'import statistics, sys; print(round(statistics.median(float(v) for v in sys.argv[1:])))' "$@"; }
 max() { python3 -c 'import sys; print(max(float(v) for v in sys.argv[1:]))' "$@"; }
 
 # Throughput, ROUNDS times with the servers taking turns, so a slow patch of this (shared,
@@ -201,6 +203,15 @@ for round in $(seq "$ROUNDS"); do
       done
     fi
     peak[$name]=$(max "${peak[$name]:-0}" "$(rss_mib VmHWM)")
+    # One call at a time.
+    read -r _ m _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
+    rounds_mean[$name]+=" $m"
+    if real_clients && [[ $name == formatdata || $name == tonic-tuned ]]; then
+      for set in $HEADER_SETS; do
+        read -r _ m _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS" "$set")"
+        rounds_mean[$name/$set]+=" $m"
+      done
+    fi
     stop
   done
 done
@@ -208,10 +219,14 @@ for key in "${!rounds_rps[@]}"; do
   [[ $key == */* ]] || continue
   # shellcheck disable=SC2086
   set_rps[$key]=$(median ${rounds_rps[$key]})
+  # shellcheck disable=SC2086
+  set_mean[$key]=$(median_int ${rounds_mean[$key]})
 done
 for name in "${servers[@]}"; do
   # shellcheck disable=SC2086 # word splitting of the per-round lists is intended
   rps[$name]=$(median ${rounds_rps[$name]})
+  # shellcheck disable=SC2086
+  mean[$name]=$(median_int ${rounds_mean[$name]})
   # shellcheck disable=SC2086
   cpu[$name]=$(python3 -c "print(f'{$(median ${rounds_cpu[$name]}):.2f}')")
 done
@@ -227,11 +242,10 @@ else
   rate=$(python3 -c "print(max(int(float('${rps[${servers[0]}]}') / 2), 1))")
 fi
 
-# Latency: one call at a time, then the fixed rate.
+# Latency at the fixed rate.
 for name in "${servers[@]}"; do
   echo "== latency: $name" >&2
   start "$name" "$SERVER_CPUS"
-  read -r _ mean[$name] _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
   if python3 -c "import sys; sys.exit(float('${rps[$name]}') < $rate)"; then
     # ROUNDS runs, the median p50 and p99: on a shared VM one stall of the whole machine for
     # tens of milliseconds delays every call due meanwhile, enough to move one run's p99.
@@ -253,9 +267,6 @@ PY
     p50[$name]=sat. p99[$name]=sat.
   fi
   if real_clients && [[ $name == formatdata || $name == tonic-tuned ]]; then
-    for set in $HEADER_SETS; do
-      read -r _ set_mean[$name/$set] _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS" "$set")"
-    done
     for round in $(seq "$ROUNDS"); do
       taskset -c "$LOAD_CPUS" "$python" bench/fixed_rate.py "127.0.0.1:$port" "$PY_RATE" "$DURATION" > "$work/py-$round.json"
     done
