@@ -84,7 +84,6 @@ where
         match self.project() {
             DeadlineProjection::Open { reply } => reply.poll(cx),
             DeadlineProjection::Timed { reply, deadline } => {
-                let pending = deadline.as_mut().expect("polled after it was ready");
                 if let Poll::Ready(response) = reply.poll(cx) {
                     let response = response.unwrap_or_else(|never| match never {});
                     // A trailers-only reply is whole; any other goes on after its headers, and
@@ -92,7 +91,7 @@ where
                     if response.headers().contains_key("grpc-status") {
                         return Poll::Ready(Ok(response));
                     }
-                    let deadline = deadline.take().expect("checked above");
+                    let deadline = deadline.take().expect("polled after it was ready");
                     return Poll::Ready(Ok(response.map(|body| {
                         Body::new(DeadlineBody {
                             inner: body,
@@ -101,9 +100,10 @@ where
                         })
                     })));
                 }
-                ready!(pending.poll_passed(cx));
+                let deadline = deadline.as_mut().expect("polled after it was ready");
+                ready!(deadline.poll_passed(cx));
                 // Dropping the reply future cancels the handler: nobody waits for it.
-                Poll::Ready(Ok(status_response(&pending.exceeded())))
+                Poll::Ready(Ok(status_response(&deadline.exceeded())))
             }
             DeadlineProjection::Refused { status } => {
                 Poll::Ready(Ok(status_response(&status.take().expect("polled once"))))
