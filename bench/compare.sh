@@ -24,8 +24,8 @@
 # Then, for formatdata and the tuned tonic, what real clients send: the same throughput and 1x1
 # runs with the request headers of grpcio, grpc-js, grpc-go, and grpc-go with a deadline on its
 # calls (HEADER_SETS, captured from the real clients by bench/capture-headers.sh into
-# bench/headers/), and a fixed-rate latency run
-# driven by grpcio itself (bench/fixed_rate.py, PY_RATE calls a second, median of ROUNDS).
+# bench/headers/), and a fixed-rate latency run driven by grpcio itself (bench/fixed_rate.py,
+# PY_RATE calls a second, median of ROUNDS).
 # Then the same throughput run for TWO_CPU_SERVERS given 2 CPUs (the load generator shares them).
 # Last, formatdata's ratio to each server and the goals beside the figures.
 #
@@ -194,24 +194,20 @@ for round in $(seq "$ROUNDS"); do
     rounds_rps[$name]+=" $r"
     rounds_cpu[$name]+=" $(python3 -c "print(($after - $before) / max(int('${done:-0}'), 1) * 100000)")"
     failed[$name]=$((${failed[$name]:-0} + ${fails:-0}))
-    # What real clients send, on the same server process.
+    # One call at a time.
+    read -r _ m _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
+    rounds_mean[$name]+=" $m"
+    # What real clients send, on the same server process: both runs with each client's headers.
     if real_clients && [[ $name == formatdata || $name == tonic-tuned ]]; then
       for set in $HEADER_SETS; do
         read -r r _ _ fails <<<"$(h2 "$CONNECTIONS" "$STREAMS" "$DURATION" "$LOAD_CPUS" "$set")"
         rounds_rps[$name/$set]+=" $r"
         failed[$name]=$((${failed[$name]} + ${fails:-0}))
-      done
-    fi
-    peak[$name]=$(max "${peak[$name]:-0}" "$(rss_mib VmHWM)")
-    # One call at a time.
-    read -r _ m _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS")"
-    rounds_mean[$name]+=" $m"
-    if real_clients && [[ $name == formatdata || $name == tonic-tuned ]]; then
-      for set in $HEADER_SETS; do
         read -r _ m _ _ <<<"$(h2 1 1 "$LATENCY_DURATION" "$LOAD_CPUS" "$set")"
         rounds_mean[$name/$set]+=" $m"
       done
     fi
+    peak[$name]=$(max "${peak[$name]:-0}" "$(rss_mib VmHWM)")
     stop
   done
 done
